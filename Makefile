@@ -1,0 +1,41 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create the virtual
+# environment in .venv and install the pinned stack on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: install run train test bench lock clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==26.3"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
+	@touch $(STAMP)
+
+# Until the server exists, the main job predicts a folder of images with the current model.
+run: $(STAMP)
+	@if [ -z "$(IMAGES)" ]; then \
+		echo "usage: make run IMAGES=DIR   (predicts every image under DIR with the current model)"; exit 2; fi
+	$(BIN)/thumbnail-ml predict "$(IMAGES)"
+
+train: $(STAMP)
+	@if [ -z "$(EXPORT)" ] || [ -z "$(IMAGES)" ]; then \
+		echo "usage: make train EXPORT=FILE IMAGES=DIR   (a Label Studio export and its images)"; exit 2; fi
+	$(BIN)/thumbnail-ml train --export "$(EXPORT)" --images "$(IMAGES)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/input_size.py
+
+# Regenerate requirements.lock from the current environment after changing pyproject.toml.
+lock: $(STAMP)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^thumbnail-ml' > requirements.lock
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The HTTP server that Label Studio connects to as an ML backend."""

@@ -1,0 +1,1 @@
+"""Turning Label Studio annotations into a dataset and training the thumbnail CNN."""
