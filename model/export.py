@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from pathlib import Path
 
@@ -22,7 +24,13 @@ class ExportMismatch(RuntimeError):
 def export_litert(model, path: Path) -> None:
     """Convert ``model`` to a LiteRT flatbuffer at ``path``, with a dynamic batch dimension."""
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    path.write_bytes(converter.convert())
+    # Keras prints the intermediate SavedModel's signature to stdout, which would corrupt the
+    # JSON that the command line writes there.
+    captured = io.StringIO()
+    with contextlib.redirect_stdout(captured):
+        flatbuffer = converter.convert()
+    logger.debug("LiteRT conversion output: %s", captured.getvalue().strip())
+    path.write_bytes(flatbuffer)
 
 
 def litert_predict(path: Path, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:

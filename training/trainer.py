@@ -185,7 +185,7 @@ def fit(model, train: Dataset, validation: Dataset, options: TrainingOptions, le
         loss=network.WeightedBinaryCrossentropy(network.positive_weights(train.labels)),
     )
     tracker = _BestMacroAP(validation, options, progress)
-    model.fit(_training_data(train, options), epochs=options.epochs, callbacks=[tracker], verbose=0)
+    model.fit(_training_data(train, options), epochs=options.epochs, callbacks=[tracker], shuffle=False, verbose=0)
     if tracker.best_weights is not None:
         model.set_weights(tracker.best_weights)
     return tracker.history
