@@ -11,8 +11,8 @@ as a fraction of the room on that side of t:
     margin_c = (t - p) / t         when p <  t
 
 The task score is the smallest margin over the non-exclusive classes, in 0..1. A score near 0
-means some class sits right at its threshold, so the model is unsure about that task; sorting
-by score ascending puts the most uncertain tasks first.
+means that some class sits right at its threshold, so the model is unsure about that task.
+Sorting by score ascending therefore puts the most uncertain tasks first.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Decision:
-    """What the model says about one image: emitted classes, all probabilities and the score."""
+    """The model's output for one image: emitted classes, all probabilities and the score."""
 
     choices: list[str]
     probabilities: dict[str, float]
@@ -47,6 +47,7 @@ def decide(
     classes: list[str] | tuple[str, ...],
     thresholds: np.ndarray,
     exclusive_class: str | None,
+    allowed: set[str] | None = None,
 ) -> list[Decision]:
     """Apply thresholds to a batch of probabilities (n_images, n_classes).
 
@@ -56,20 +57,29 @@ def decide(
         thresholds: one decision threshold per class.
         exclusive_class: the class emitted only alone, when nothing else passes; None if the
             model has no such class.
+        allowed: the classes a project's labeling config offers, or None for all. Other
+            classes are neither emitted nor counted in the score. When one of them passes
+            its threshold the exclusive class is not emitted either, since something applies.
     """
     probabilities = np.atleast_2d(np.asarray(probabilities, dtype=np.float64))
     thresholds = np.asarray(thresholds, dtype=np.float64)
     classes = list(classes)
+    if allowed is not None and exclusive_class not in allowed:
+        exclusive_class_allowed = False
+    else:
+        exclusive_class_allowed = exclusive_class in classes
+    offered = np.array([allowed is None or name in allowed for name in classes])
     regular = np.array([name != exclusive_class for name in classes])
     margins = class_margins(probabilities, thresholds)
 
+    scored = regular & offered
     decisions = []
     for row, row_margins in zip(probabilities, margins):
         passing = (row >= thresholds) & regular
-        choices = [name for name, flag in zip(classes, passing) if flag]
-        if not choices and exclusive_class in classes:
+        choices = [name for name, flag, show in zip(classes, passing, offered) if flag and show]
+        if not passing.any() and exclusive_class_allowed:
             choices = [exclusive_class]
-        score = float(row_margins[regular].min()) if regular.any() else 1.0
+        score = float(row_margins[scored].min()) if scored.any() else 1.0
         decisions.append(
             Decision(
                 choices=choices,

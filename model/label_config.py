@@ -16,7 +16,7 @@ DEFAULT_CONFIG_RESOURCE = "thumbnails.xml"
 
 
 class LabelConfigError(ValueError):
-    """A labeling config that the model cannot work with; the message says why and what to fix."""
+    """A labeling config that the model cannot work with; the message gives the reason and the fix."""
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class LabelConfig:
 
     Attributes:
         image_name: ``name`` of the ``Image`` tag, used as ``to_name`` in results.
-        image_key: key of the task's ``data`` that holds the image URL (``$image`` -> ``image``).
+        image_key: key of the task's ``data`` that contains the image URL (``$image`` -> ``image``).
         choices_name: ``name`` of the ``Choices`` tag, used as ``from_name`` in results.
         choices: the choice values in config order.
         multiple: whether several choices may be selected (``choice="multiple"``).

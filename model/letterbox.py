@@ -4,9 +4,9 @@ YouTube serves every video at several sizes and pads the 4:3 ones (hqdefault 480
 about 45 px top and bottom, sddefault 640x480 with about 60 px, default 120x90 with about
 11 px). Some pictures also carry black borders of their own, on any side.
 
-Bars are found per image, on luminance. A bar line is nearly all black (mean at most
-``max_bar_mean``, and at most ``max_bright_fraction`` of pixels above ``black_level``); a dark
-night scene has a mean of 8 to 15 and is not a bar. JPEG ringing makes the few lines next
+Bars are found per image, on luminance. A bar line is nearly all black: its mean is at most
+``max_bar_mean``, and at most ``max_bright_fraction`` of its pixels are above ``black_level``.
+A dark night scene has a mean of 8 to 15 on real thumbnails, so it is not a bar. JPEG ringing makes the few lines next
 to the picture brighter than the bar, so a bar is then extended by up to ``edge_lines``
 lines that pass the bright-fraction test alone. Finally, a picture is never cropped to
 nothing: when removing the bars would leave less than ``min_content`` of a side, that side
@@ -23,7 +23,7 @@ import numpy as np
 
 @dataclass(frozen=True)
 class CropSettings:
-    """How bars are detected; stored in each model version so serving crops exactly as training did.
+    """Bar detection settings, stored in each model version so that serving crops as training did.
 
     Attributes:
         black_level: a pixel with luminance (0-255) above this is content.

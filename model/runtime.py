@@ -28,7 +28,7 @@ class Predictor:
     """One loaded model version: preprocessing settings, thresholds and a LiteRT interpreter.
 
     ``predict_pixels`` is safe to call from several threads: calls are serialised, because an
-    interpreter holds its tensors in place and cannot run two batches at once.
+    interpreter reuses its tensor buffers and cannot run two batches at once.
     """
 
     def __init__(self, version_dir: Path, manifest: Manifest, num_threads: int = 1):
@@ -71,6 +71,6 @@ class Predictor:
         """Decode, crop and resize (name, bytes) pairs with this version's settings."""
         return preprocess_many(items, self.spec, self.crop, threads=threads)
 
-    def decide(self, probabilities: np.ndarray) -> list[Decision]:
-        """Apply this version's thresholds and exclusive-class rule to probabilities."""
-        return decide(probabilities, self.manifest.classes, self.thresholds, self.manifest.exclusive_class)
+    def decide(self, probabilities: np.ndarray, allowed: set[str] | None = None) -> list[Decision]:
+        """Apply this version's thresholds and exclusive-class rule; see ``model.decision.decide``."""
+        return decide(probabilities, self.manifest.classes, self.thresholds, self.manifest.exclusive_class, allowed)

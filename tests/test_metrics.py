@@ -88,3 +88,20 @@ def test_score_orders_uncertain_first():
     scores = [d.score for d in decide(probabilities, CLASSES, thresholds, "None")]
     assert sorted(range(3), key=lambda i: scores[i]) == [1, 2, 0]
     assert all(0.0 <= score <= 1.0 for score in scores)
+
+
+def test_classes_outside_config_dropped():
+    """A class the project does not offer is never emitted, and None is not emitted in its place."""
+    thresholds = np.array([0.5, 0.5, 0.5])
+    decisions = decide(np.array([[0.9, 0.1, 0.1], [0.1, 0.1, 0.1]]), CLASSES, thresholds, "None", allowed={"Text", "None"})
+    assert decisions[0].choices == []
+    assert decisions[1].choices == ["None"]
+
+
+def test_score_ignores_classes_outside_config():
+    thresholds = np.array([0.5, 0.5, 0.5])
+    probabilities = np.array([[0.5, 0.99, 0.0]])
+    full = decide(probabilities, CLASSES, thresholds, "None")[0].score
+    subset = decide(probabilities, CLASSES, thresholds, "None", allowed={"Text"})[0].score
+    assert full == 0.0
+    assert subset > 0.9

@@ -235,6 +235,21 @@ def cmd_predict(args, settings: Settings) -> int:
     return 0 if failures < len(files) else 1
 
 
+# -- serve ----------------------------------------------------------------------------------
+
+
+def cmd_serve(args, settings: Settings) -> int:
+    from dataclasses import replace
+
+    from backend.server import serve
+
+    overrides = {key: value for key, value in
+                 (("host", args.host), ("port", args.port), ("workers", args.workers), ("threads", args.threads))
+                 if value is not None}
+    serve(replace(settings, **overrides))
+    return 0
+
+
 # -- models ---------------------------------------------------------------------------------
 
 
@@ -334,6 +349,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--batch-size", type=int, default=32, help="images per inference batch (default: 32)")
     add_project(sub)
     sub.set_defaults(handler=cmd_predict)
+
+    sub = commands.add_parser("serve", help="start the ML backend server for Label Studio (gunicorn)")
+    sub.add_argument("--host", help="address to listen on (default: HOST or 127.0.0.1)")
+    sub.add_argument("--port", type=int, help="port to listen on (default: PORT or 9090)")
+    sub.add_argument("--workers", type=int, help="serving processes (default: WORKERS or 1)")
+    sub.add_argument("--threads", type=int, help="threads per process (default: THREADS or 2)")
+    sub.set_defaults(handler=cmd_serve)
 
     models = commands.add_parser("models", help="list, show and roll back model versions")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -35,7 +35,7 @@ PREPROCESS_CHUNK = 256
 
 
 class DatasetError(ValueError):
-    """A dataset that cannot be trained on; the message says why and what to do."""
+    """A dataset that cannot be trained on; the message gives the reason and the fix."""
 
 
 def is_validation(task_id: int, fraction: float = VALIDATION_FRACTION) -> bool:
@@ -182,7 +182,7 @@ def build_dataset(
         else:
             paired.append((task, path))
 
-    # Files are read in chunks so that a 10,000-image set never holds all encoded bytes at once.
+    # Files are read in chunks so that a 10,000-image set never keeps all encoded bytes in memory at once.
     chunks, kept = [], []
     for start in range(0, len(paired), PREPROCESS_CHUNK):
         chunk = paired[start : start + PREPROCESS_CHUNK]

@@ -2,7 +2,7 @@
 
 What real exports contain, and how each case is handled:
 
-* JSON: full task objects with an ``annotations`` list; each annotation's ``result`` holds a
+* JSON: full task objects with an ``annotations`` list; each annotation's ``result`` contains a
   ``choices`` region whose ``from_name`` is the config's Choices name.
 * JSON-MIN: one row per annotation with the task's data keys at the top level. The Choices
   field is a plain string for one choice, ``{"choices": [...]}`` for several, and
@@ -55,7 +55,7 @@ class LabeledTask:
 
 @dataclass
 class ExportReport:
-    """What reading an export used and dropped."""
+    """Counts of the rows and tasks that reading an export used and dropped."""
 
     rows: int = 0
     tasks: int = 0
@@ -100,7 +100,7 @@ def detect_format(path: Path) -> str:
         raise ExportError(f"export {path} is empty")
     if head[:1] != b"[" and head[:1] != b"{":
         return "csv"
-    return "json"  # JSON and JSON-MIN are told apart per row, see read_export.
+    return "json"  # JSON and JSON-MIN are distinguished per row, see read_export.
 
 
 def read_export(path: str | Path, config: LabelConfig, exclusive_class: str | None) -> tuple[list[LabeledTask], ExportReport]:

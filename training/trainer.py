@@ -46,7 +46,7 @@ ProgressCallback = Callable[[dict], None]
 
 
 class TrainingError(RuntimeError):
-    """Training cannot run on this data; the message says why and what to do."""
+    """Training cannot run on this data; the message gives the reason and the fix."""
 
 
 @dataclass
@@ -55,7 +55,7 @@ class TrainingOptions:
 
     Attributes:
         architecture: network name, see ``model.network.ARCHITECTURES``.
-        epochs: the most epochs to run; early stopping usually ends sooner.
+        epochs: the maximum number of epochs; early stopping usually ends sooner.
         batch_size: images per gradient step.
         learning_rate: Adam's step size (lower it for warm starts, see ``warm_learning_rate``).
         warm_learning_rate: Adam's step size when continuing from a parent version.
@@ -79,7 +79,7 @@ class TrainingOptions:
 
 @dataclass
 class TrainingOutcome:
-    """What a training run produced and whether it was published."""
+    """The result of a training run and whether it was published."""
 
     published: bool
     reason: str
