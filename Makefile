@@ -16,11 +16,10 @@ $(STAMP): pyproject.toml requirements.lock
 	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[train,dev]"
 	@touch $(STAMP)
 
-# Until the server exists, the main job predicts a folder of images with the current model.
+# The main job: Redis (if nothing listens at REDIS_URL), the ML backend and a training worker,
+# stopped together on Ctrl-C. With IMAGES=DIR it predicts the images under DIR instead.
 run: $(STAMP)
-	@if [ -z "$(IMAGES)" ]; then \
-		echo "usage: make run IMAGES=DIR   (predicts every image under DIR with the current model)"; exit 2; fi
-	$(BIN)/thumbnail-ml predict "$(IMAGES)"
+	@if [ -n "$(IMAGES)" ]; then $(BIN)/thumbnail-ml predict "$(IMAGES)"; else $(BIN)/thumbnail-ml run; fi
 
 train: $(STAMP)
 	@if [ -z "$(EXPORT)" ] || [ -z "$(IMAGES)" ]; then \

@@ -14,6 +14,10 @@ import uuid
 from base64 import b64decode
 
 from flask import Flask, Response, g, jsonify, request
+from redis import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.retry import Retry
 from werkzeug.exceptions import HTTPException
 
 from backend.images import FetchError, ImageFetcher
@@ -26,6 +30,8 @@ from backend.serving import ModelRegistry
 from model.label_config import LabelConfig, LabelConfigError, default_label_config_xml, parse_label_config
 from model.store import DEFAULT_LINEAGE, ModelStore, StoreError, lineage_for_project
 from thumbnail_ml.settings import Settings
+from training.jobs_report import recent_jobs
+from training.queue import enqueue_training, queue_state
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,22 @@ class Backend:
         # and the others wait their turn instead of thrashing the cores.
         self.cpu_slots = threading.BoundedSemaphore(settings.threads)
         self._warned_dropped: set[tuple[str, tuple[str, ...]]] = set()
+        # Short timeouts: a webhook must be answered well within Label Studio's 1 s limit, and
+        # /health within its 1 s limit, even when Redis is down.
+        self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5,
+                                    retry=Retry(NoBackoff(), 0))
+
+    def queue_snapshot(self) -> dict:
+        """Return the training queue's state and running jobs' progress, or why it is unavailable."""
+        try:
+            state = queue_state(self.redis)
+            state["jobs"] = [
+                {key: job.get(key) for key in ("id", "status", "project", "progress", "result_summary", "error")}
+                for job in recent_jobs(self.redis, limit=5)
+            ]
+            return {"available": True, **state}
+        except RedisError as error:
+            return {"available": False, "error": f"cannot reach Redis at REDIS_URL ({type(error).__name__})"}
 
     def _label_studio_url(self) -> str | None:
         return self.settings.label_studio_url or self.setup_hostname
@@ -134,7 +156,7 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
             "model_trained": trained,
             "loaded_models": backend.models.loaded_count(),
             "label_studio": backend.label_studio.snapshot(),
-            "queue": None,
+            "queue": backend.queue_snapshot(),
         }
         if not trained:
             body["message"] = (
@@ -221,12 +243,31 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
             return _json_error(400, "webhook body must be a JSON object with an 'action'")
         action = payload["action"]
         project = _project_of(payload)
-        # NOTE: the training queue does not exist yet, so training events are only counted.
-        outcome = "received" if action in TRAINING_ACTIONS else "ignored"
-        backend.metrics.webhooks.labels(action if action in TRAINING_ACTIONS else "other", outcome).inc()
-        # The payload's project object carries the project's token: log only its id.
-        logger.info("webhook %s for project %s: %s", action, project, outcome)
-        return jsonify({"status": outcome, "action": action}), 200
+        # The payload's project object carries the project's token: only its id is ever logged.
+        if action not in TRAINING_ACTIONS:
+            backend.metrics.webhooks.labels("other", "ignored").inc()
+            logger.info("webhook %s for project %s: ignored (does not change annotations)", action, project)
+            return jsonify({"status": "ignored", "action": action}), 200
+        try:
+            project_id = int(str(project).split(".", 1)[0])
+            if project_id < 1:
+                raise ValueError(project_id)
+        except (TypeError, ValueError):
+            backend.metrics.webhooks.labels(action, "invalid").inc()
+            logger.warning("webhook %s without a valid project id (%r): not queued", action, project)
+            return _json_error(400, f"webhook {action} has no valid project id; nothing was queued")
+        try:
+            queued = enqueue_training(backend.redis, project_id, action, settings.training_job_timeout)
+        except RedisError as error:
+            backend.metrics.webhooks.labels(action, "queue_unavailable").inc()
+            logger.error("webhook %s for project %s: training queue unavailable (%s: %s)", action, project_id,
+                         type(error).__name__, error)
+            return _json_error(503, "training queue unavailable: cannot reach Redis at REDIS_URL. Nothing was "
+                                    "queued; the next annotation event after Redis is back trains on everything")
+        outcome = "coalesced" if queued.coalesced else "queued"
+        backend.metrics.webhooks.labels(action, outcome).inc()
+        logger.info("webhook %s for project %s: %s as job %s", action, project_id, outcome, queued.job_id)
+        return jsonify({"status": outcome, "action": action, "job_id": queued.job_id}), 200
 
     # -- /versions and /metrics ----------------------------------------------------------
 

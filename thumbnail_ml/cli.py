@@ -250,6 +250,56 @@ def cmd_serve(args, settings: Settings) -> int:
     return 0
 
 
+def cmd_run(args, settings: Settings) -> int:
+    from thumbnail_ml.run import RunError, run_all
+
+    try:
+        return run_all(settings)
+    except RunError as error:
+        raise CommandError(str(error)) from error
+
+
+# -- worker and jobs ------------------------------------------------------------------------
+
+
+def cmd_worker(args, settings: Settings) -> int:
+    from redis.exceptions import RedisError
+
+    from training.worker import run_worker
+
+    try:
+        run_worker(settings, burst=args.burst, name=args.name)
+    except RedisError as error:
+        raise CommandError(f"cannot reach Redis at REDIS_URL ({type(error).__name__}: {error}); "
+                           "start redis-server or set REDIS_URL") from error
+    return 0
+
+
+def cmd_jobs(args, settings: Settings) -> int:
+    from redis import Redis
+    from redis.exceptions import RedisError
+
+    from training.jobs_report import recent_jobs
+    from training.queue import queue_state
+
+    redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+    try:
+        state = queue_state(redis)
+        jobs = recent_jobs(redis, limit=args.limit)
+    except RedisError as error:
+        raise CommandError(f"cannot reach Redis at REDIS_URL ({type(error).__name__}); start redis-server or set REDIS_URL") from error
+    if args.json:
+        print(json.dumps({"queue": state, "jobs": jobs}, indent=2, default=str))
+        return 0
+    print(f"queue: {state['queued']} queued, {state['deferred']} waiting, {state['started']} running, "
+          f"{state['failed']} failed, {state['finished']} finished; {state['workers']} worker(s)")
+    for job in jobs:
+        progress = job.get("progress") or {}
+        detail = job.get("result_summary") or job.get("error") or progress.get("stage", "")
+        print(f"{job['id']:<44} {job['status']:<10} project {job.get('project')!s:<6} {job.get('enqueued_at') or ''}  {detail}")
+    return 0
+
+
 # -- models ---------------------------------------------------------------------------------
 
 
@@ -356,6 +406,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--workers", type=int, help="serving processes (default: WORKERS or 1)")
     sub.add_argument("--threads", type=int, help="threads per process (default: THREADS or 2)")
     sub.set_defaults(handler=cmd_serve)
+
+    sub = commands.add_parser("run", help="start Redis (if needed), the server and a training worker")
+    sub.set_defaults(handler=cmd_run)
+
+    sub = commands.add_parser("worker", help="run a training worker on the Redis queue (REDIS_URL)")
+    sub.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    sub.add_argument("--name", help="worker name (default: thumbnail-ml-<host>-<pid>)")
+    sub.set_defaults(handler=cmd_worker)
+
+    sub = commands.add_parser("jobs", help="show the training queue and recent training jobs")
+    sub.add_argument("--limit", type=int, default=20, help="most recent jobs to show (default: 20)")
+    sub.add_argument("--json", action="store_true", help="print as JSON")
+    sub.set_defaults(handler=cmd_jobs)
 
     models = commands.add_parser("models", help="list, show and roll back model versions")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

@@ -56,6 +56,11 @@ class Settings:
         fetch_concurrency: parallel image downloads per request (``FETCH_CONCURRENCY``).
         allowed_image_hosts: hosts whose plain URLs may resolve to private or loopback
             addresses (``ALLOWED_IMAGE_HOSTS``, comma-separated).
+        redis_url: the Redis that holds the training queue (``REDIS_URL``).
+        min_labelled_tasks: labelled tasks a project needs before its first training
+            (``MIN_LABELLED_TASKS``).
+        training_job_timeout: seconds a training job may run (``TRAINING_JOB_TIMEOUT``).
+        train_epochs: the maximum number of epochs of a training job (``TRAIN_EPOCHS``).
     """
 
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -79,6 +84,10 @@ class Settings:
     fetch_read_timeout: float = 15.0
     fetch_concurrency: int = 8
     allowed_image_hosts: tuple[str, ...] = ()
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    min_labelled_tasks: int = 20
+    training_job_timeout: int = 3600
+    train_epochs: int = 40
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -117,6 +126,10 @@ class Settings:
             fetch_connect_timeout=_number(env, "FETCH_CONNECT_TIMEOUT", 3.05, float, minimum=0.01),
             fetch_read_timeout=_number(env, "FETCH_READ_TIMEOUT", 15.0, float, minimum=0.01),
             fetch_concurrency=_number(env, "FETCH_CONCURRENCY", 8, int, minimum=1),
+            redis_url=_redis_url(env.get("REDIS_URL")),
+            min_labelled_tasks=_number(env, "MIN_LABELLED_TASKS", 20, int, minimum=1),
+            training_job_timeout=_number(env, "TRAINING_JOB_TIMEOUT", 3600, int, minimum=60),
+            train_epochs=_number(env, "TRAIN_EPOCHS", 40, int, minimum=1),
             allowed_image_hosts=tuple(
                 host.strip().lower() for host in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if host.strip()
             ),
@@ -152,6 +165,15 @@ def _label_studio_url(raw: str | None) -> str | None:
             f"invalid LABEL_STUDIO_URL {raw!r}: expected an http(s) URL with a host, "
             "for example http://localhost:8080"
         )
+    return url
+
+
+def _redis_url(raw: str | None) -> str:
+    if raw is None or not raw.strip():
+        return "redis://127.0.0.1:6379/0"
+    url = raw.strip()
+    if urlparse(url).scheme not in ("redis", "rediss", "unix"):
+        raise SettingsError(f"invalid REDIS_URL {raw!r}: expected redis://HOST:PORT/DB, rediss:// or unix://")
     return url
 
 

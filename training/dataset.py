@@ -14,6 +14,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable
 from urllib.parse import parse_qs, unquote, urlparse
 
 import numpy as np
@@ -153,6 +154,51 @@ def encode_labels(tasks: list[LabeledTask], classes: list[str]) -> np.ndarray:
     return labels
 
 
+class _DropLog:
+    """Counts of dropped tasks by reason, with a few examples of each for the report."""
+
+    def __init__(self) -> None:
+        self.counts: Counter = Counter()
+        self.examples: dict[str, list] = {}
+
+    def drop(self, reason: str, task_id: int, detail: str) -> None:
+        self.counts[reason] += 1
+        bucket = self.examples.setdefault(reason, [])
+        if len(bucket) < 5:
+            bucket.append((task_id, detail))
+
+
+def _assemble(
+    chunks: Iterable[list[tuple[LabeledTask, str, bytes]]],
+    drops: _DropLog,
+    classes: list[str],
+    spec: InputSpec,
+    crop: CropSettings,
+    threads: int,
+) -> Dataset:
+    """Preprocess chunks of (task, name, image bytes) and stack them into a Dataset."""
+    pixel_chunks, kept = [], []
+    for chunk in chunks:
+        result = preprocess_many([(name, data) for _, name, data in chunk], spec, crop, threads=threads)
+        for index, error in result.errors.items():
+            drops.drop(f"image_{error.reason}", chunk[index][0].task_id, str(error))
+        pixel_chunks.append(result.pixels)
+        kept.extend(chunk[index][0] for index in result.ok_indices)
+
+    dataset = Dataset(
+        pixels=np.concatenate(pixel_chunks) if pixel_chunks else np.zeros((0, *spec.shape), np.uint8),
+        labels=encode_labels(kept, classes),
+        task_ids=np.array([task.task_id for task in kept], dtype=np.int64),
+        classes=list(classes),
+        spec=spec,
+        crop=crop,
+        dropped=drops.counts,
+        examples=drops.examples,
+    )
+    logger.info("built dataset: %d images, dropped %s", len(dataset), dict(drops.counts) or "none")
+    return dataset
+
+
 def build_dataset(
     tasks: list[LabeledTask],
     images: ImageIndex,
@@ -165,42 +211,41 @@ def build_dataset(
 
     Tasks whose image is missing, ambiguous or undecodable are dropped and counted by reason.
     """
-    dropped: Counter = Counter()
-    examples: dict[str, list] = {}
-
-    def drop(reason: str, task_id: int, detail: str) -> None:
-        dropped[reason] += 1
-        examples.setdefault(reason, [])
-        if len(examples[reason]) < 5:
-            examples[reason].append((task_id, detail))
-
+    drops = _DropLog()
     paired: list[tuple[LabeledTask, Path]] = []
     for task in tasks:
         path, status = images.find(task.image_url)
         if path is None:
-            drop(f"image_{status}", task.task_id, task.image_url)
+            drops.drop(f"image_{status}", task.task_id, task.image_url)
         else:
             paired.append((task, path))
 
-    # Files are read in chunks so that a 10,000-image set never keeps all encoded bytes in memory at once.
-    chunks, kept = [], []
-    for start in range(0, len(paired), PREPROCESS_CHUNK):
-        chunk = paired[start : start + PREPROCESS_CHUNK]
-        result = preprocess_many([(str(path), path.read_bytes()) for _, path in chunk], spec, crop, threads=threads)
-        for index, error in result.errors.items():
-            drop(f"image_{error.reason}", chunk[index][0].task_id, str(error))
-        chunks.append(result.pixels)
-        kept.extend(chunk[index][0] for index in result.ok_indices)
+    # Files are read chunk by chunk, so a 10,000-image set never keeps all encoded bytes in memory.
+    def chunks():
+        for start in range(0, len(paired), PREPROCESS_CHUNK):
+            yield [(task, str(path), path.read_bytes()) for task, path in paired[start : start + PREPROCESS_CHUNK]]
 
-    dataset = Dataset(
-        pixels=np.concatenate(chunks) if chunks else np.zeros((0, *spec.shape), np.uint8),
-        labels=encode_labels(kept, classes),
-        task_ids=np.array([task.task_id for task in kept], dtype=np.int64),
-        classes=list(classes),
-        spec=spec,
-        crop=crop,
-        dropped=dropped,
-        examples=examples,
-    )
-    logger.info("built dataset: %d images, dropped %s", len(dataset), dict(dropped) or "none")
-    return dataset
+    return _assemble(chunks(), drops, classes, spec, crop, threads)
+
+
+def build_dataset_from_downloads(
+    tasks: list[LabeledTask],
+    downloads: list,
+    classes: list[str],
+    spec: InputSpec,
+    crop: CropSettings,
+    threads: int = 2,
+) -> Dataset:
+    """Build a Dataset from fetched images: ``downloads[i]`` is the bytes of ``tasks[i]`` or its error.
+
+    An error object is counted under ``image_<reason>`` when it has a ``reason`` attribute.
+    """
+    drops = _DropLog()
+    entries = []
+    for task, download in zip(tasks, downloads):
+        if isinstance(download, (bytes, bytearray)):
+            entries.append((task, f"task {task.task_id}", bytes(download)))
+        else:
+            drops.drop(f"image_{getattr(download, 'reason', 'error')}", task.task_id, str(download))
+    chunks = (entries[start : start + PREPROCESS_CHUNK] for start in range(0, len(entries), PREPROCESS_CHUNK))
+    return _assemble(chunks, drops, classes, spec, crop, threads)

@@ -131,14 +131,30 @@ def read_export(path: str | Path, config: LabelConfig, exclusive_class: str | No
         if not isinstance(rows, list):
             raise ExportError(f"export {path} must contain a list of tasks, got {type(rows).__name__}")
 
+    tasks, report = labelled_tasks_from_rows(rows, config, exclusive_class, source=str(path))
+    logger.info("read export %s: %s", path, json.dumps(report.to_dict()))
+    return tasks, report
+
+
+def labelled_tasks_from_rows(
+    rows: list, config: LabelConfig, exclusive_class: str | None, source: str = "tasks"
+) -> tuple[list[LabeledTask], ExportReport]:
+    """Turn export rows or API task objects into one labelled example per annotated task.
+
+    ``rows`` may mix full task objects (with ``annotations``, as in JSON exports and the tasks
+    API) and JSON-MIN rows; see the module docstring for how each case is handled.
+
+    Raises:
+        ExportError: a row is not a task object with an id.
+    """
     report = ExportReport(rows=len(rows))
     candidates: dict[int, list[_Candidate]] = {}
     cancelled_per_task: Counter = Counter()
     urls: dict[int, str | None] = {}
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict) or "id" not in row:
-            raise ExportError(f"export {path}: row {number} is not a task object with an 'id'")
-        task_id = _as_int(row["id"], f"export {path}: row {number} has an invalid task id {row['id']!r}")
+            raise ExportError(f"{source}: row {number} is not a task object with an 'id'")
+        task_id = _as_int(row["id"], f"{source}: row {number} has an invalid task id {row['id']!r}")
         cancelled_before = report.cancelled
         if "annotations" in row or "data" in row:
             url, found = _full_task(row, config, report)
@@ -173,7 +189,6 @@ def read_export(path: str | Path, config: LabelConfig, exclusive_class: str | No
                 labels = [exclusive_class]
         tasks.append(LabeledTask(task_id, url, labels, chosen.annotation_id, chosen.updated_at))
     report.used = len(tasks)
-    logger.info("read export %s: %s", path, json.dumps(report.to_dict()))
     return tasks, report
 
 

@@ -216,6 +216,7 @@ def train_version(
     parent: str | None = None,
     source: dict | None = None,
     progress: ProgressCallback | None = None,
+    compare_with_parent: bool = True,
 ) -> TrainingOutcome:
     """Train on ``dataset`` and publish the result to ``lineage`` if it is good enough.
 
@@ -229,6 +230,9 @@ def train_version(
             current version), or None.
         source: a description of where the data came from, stored in the manifest.
         progress: called with a dict after each stage and epoch.
+        compare_with_parent: judge the new version against the parent on the same
+            validation split. False for the first version of a lineage that starts from
+            another lineage's model: it only has to beat the prior baseline.
 
     Raises:
         TrainingError: too few examples for a training or validation split.
@@ -275,7 +279,7 @@ def train_version(
         thresholds = tune_thresholds(validation.labels, probabilities)
         prior = train.labels.mean(axis=0)
         metrics = evaluate(validation.labels, probabilities, dataset.classes, thresholds, prior)
-        parent_ap = _parent_macro_ap(store, parent, validation)
+        parent_ap = _parent_macro_ap(store, parent, validation) if compare_with_parent else None
 
         manifest = Manifest(
             version="",

@@ -1,0 +1,71 @@
+"""Start the real backend server (``thumbnail-ml serve`` under gunicorn) for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from tests.support import REPO_ROOT
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class BackendProcess:
+    """A running ``thumbnail-ml serve`` process and where to reach it."""
+
+    process: subprocess.Popen
+    url: str
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """Stop gunicorn and its workers (the process group this helper started)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout=10)
+
+
+def start_backend(env: dict[str, str], log_path: Path, port: int | None = None) -> BackendProcess:
+    """Start the server with ``env`` added to this process's environment and wait for /health."""
+    port = port or free_port()
+    full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    handle = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "thumbnail_ml", "serve"], cwd=REPO_ROOT, env=full_env,
+        stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    handle.close()
+    server = BackendProcess(process, f"http://127.0.0.1:{port}", log_path)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"backend exited with {process.returncode}:\n{server.log()[-3000:]}")
+        try:
+            if requests.get(f"{server.url}/health", timeout=1).ok:
+                return server
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"backend did not answer /health within {STARTUP_TIMEOUT_S} s:\n{server.log()[-3000:]}")
