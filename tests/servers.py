@@ -69,3 +69,14 @@ def start_backend(env: dict[str, str], log_path: Path, port: int | None = None) 
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"backend did not answer /health within {STARTUP_TIMEOUT_S} s:\n{server.log()[-3000:]}")
+
+
+def start_worker(env: dict[str, str], log_path: Path) -> BackendProcess:
+    """Start ``thumbnail-ml worker`` with ``env`` added to this process's environment."""
+    handle = open(log_path, "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "thumbnail_ml", "worker"], cwd=REPO_ROOT, env={**os.environ, **env},
+        stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    handle.close()
+    return BackendProcess(process, "", log_path)

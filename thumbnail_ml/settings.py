@@ -105,6 +105,12 @@ class Settings:
         if bool(user) != bool(password):
             raise SettingsError("BASIC_AUTH_USER and BASIC_AUTH_PASS must be set together, or neither")
         document_root = env.get("LOCAL_FILES_DOCUMENT_ROOT") or env.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
+        if (env.get("LABEL_STUDIO_API_KEY") or "").strip() and not (env.get("LABEL_STUDIO_URL") or "").strip():
+            # Without a fixed URL the key would go to whatever host a /setup request names.
+            raise SettingsError(
+                "LABEL_STUDIO_API_KEY is set but LABEL_STUDIO_URL is not: set LABEL_STUDIO_URL to the address "
+                "of your Label Studio (for example http://localhost:8080) so the key is only sent there"
+            )
         return cls(
             model_dir=_path(env.get("MODEL_DIR")) or DEFAULT_MODEL_DIR,
             log_level=log_level,

@@ -161,6 +161,7 @@ def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
         "project": project_id,
         **outcome.to_dict(),
         "labelled": len(tasks),
+        "latest_annotation_at": max((task.updated_at or "" for task in tasks), default=None),
         "dropped": {**counts["dropped"], **dict(dataset.dropped)},
         "unknown_labels": counts["unknown_labels"],
         "seconds": round(time.monotonic() - started, 1),

@@ -1,0 +1,152 @@
+"""The active-learning loop with the real Label Studio, real Redis, our server and a real worker.
+
+Annotations for the labelled thumbnails are submitted through the SDK; Label Studio delivers
+the webhooks to our server, which queues training; the worker trains and publishes a version
+of the project's lineage; the server then reports and predicts with it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from redis import Redis
+from rq import Queue
+
+from model.label_config import default_label_config_xml
+from model.store import ModelStore
+from tests.servers import start_backend, start_worker
+from tests.support import THUMBNAILS, labelled_thumbnails
+from training.jobs_report import recent_jobs
+from training.queue import QUEUE_NAME
+
+from .label_studio import create_sdk_client
+
+E2E_REDIS_URL = "redis://127.0.0.1:6379/14"
+# Few epochs keep the test short; the model starts from the trained default version.
+E2E_EPOCHS = "4"
+JOB_WAIT_S = 600
+
+
+def _region(choices: list[str]) -> list[dict]:
+    return [{"from_name": "choice", "to_name": "image", "type": "choices", "value": {"choices": choices}}]
+
+
+def _wait_for_jobs(redis: Redis, count: int, timeout: float = JOB_WAIT_S) -> list[dict]:
+    """Wait until ``count`` jobs have ended and none is queued, running or waiting."""
+    queue = Queue(QUEUE_NAME, connection=redis)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        jobs = recent_jobs(redis, limit=100)
+        ended = [job for job in jobs if job["status"] in ("finished", "failed")]
+        busy = queue.count + queue.started_job_registry.count + queue.deferred_job_registry.count
+        if len(ended) >= count and busy == 0:
+            return jobs
+        time.sleep(1)
+    raise AssertionError(f"jobs did not finish within {timeout} s: {recent_jobs(redis, limit=100)}")
+
+
+@pytest.fixture(scope="module")
+def loop(trained_model, label_studio, label_studio_document_root, tmp_path_factory):
+    """A project of the labelled thumbnails, our server, and a model store seeded with the default model."""
+    redis = Redis.from_url(E2E_REDIS_URL)
+    redis.flushdb()
+    model_dir = tmp_path_factory.mktemp("loop") / "models"
+    shutil.copytree(trained_model.store.root, model_dir)
+    env = {"MODEL_DIR": str(model_dir), "REDIS_URL": E2E_REDIS_URL, "LABEL_STUDIO_URL": label_studio.base_url,
+           "LABEL_STUDIO_API_KEY": label_studio.pat, "TRAIN_EPOCHS": E2E_EPOCHS,
+           "IMAGE_CACHE_DIR": str(tmp_path_factory.mktemp("loop-cache")), "LOG_LEVEL": "INFO"}
+    logs = tmp_path_factory.mktemp("loop-logs")
+    backend = start_backend(env, logs / "backend.log")
+
+    client = create_sdk_client(label_studio)
+    project = client.projects.create(title="active learning", label_config=default_label_config_xml())
+    folder = label_studio_document_root / "loop"
+    folder.mkdir()
+    labels = labelled_thumbnails()
+    for relative in labels:
+        shutil.copy(THUMBNAILS / relative, folder / Path(relative).name)
+    storage = client.import_storage.local.create(project=project.id, path=str(folder), use_blob_urls=True)
+    client.import_storage.local.sync(id=storage.id)
+    connection = client.ml.create(project=project.id, url=backend.url, title="thumbnail-ml", is_interactive=True,
+                                  auto_update=True)
+    assert connection.state == "CO"
+
+    yield {"redis": redis, "env": env, "logs": logs, "backend": backend, "client": client, "project": project.id,
+           "labels": {Path(relative).name: choices for relative, choices in labels.items()},
+           "store": ModelStore(model_dir)}
+    backend.stop()
+    redis.flushdb()
+
+
+def test_annotations_train_and_publish(loop, trained_model, label_studio):
+    client, project_id, redis = loop["client"], loop["project"], loop["redis"]
+    tasks = list(client.tasks.list(project=project_id, fields="all"))
+    assert len(tasks) == len(loop["labels"])
+
+    # Submit every annotation before the worker starts: the events coalesce into one pending job.
+    annotation_ids = {}
+    for task in tasks:
+        name = Path(task.data["image"].split("?d=")[-1]).name
+        annotation = client.annotations.create(id=task.id, result=_region(loop["labels"][name]))
+        annotation_ids[task.id] = annotation.id
+    last_submitted = time.monotonic()
+    assert Queue(QUEUE_NAME, connection=redis).count == 1
+    loop["annotation_ids"] = annotation_ids
+
+    worker = start_worker(loop["env"], loop["logs"] / "worker.log")
+    loop["worker"] = worker
+    jobs = _wait_for_jobs(redis, 1)
+    finished = [job for job in jobs if job["status"] == "finished"]
+    assert finished, f"training failed: {jobs}\n{worker.log()[-3000:]}"
+    result = finished[0]["result"]
+    assert result["status"] == "published", result
+    assert result["labelled"] == len(tasks)
+    version = result["version"]
+    assert version.startswith(f"project-{project_id}-v1-")
+    assert result["parent"] == trained_model.version
+
+    # The server switches to the new version within a few seconds, without a restart.
+    backend_url = loop["backend"].url
+    deadline = time.monotonic() + 10
+    served = None
+    while time.monotonic() < deadline:
+        served = requests.post(f"{backend_url}/setup", json={"project": f"{project_id}.0",
+                                                             "schema": default_label_config_xml()}).json()
+        if served["model_version"] == version:
+            break
+        time.sleep(0.5)
+    assert served["model_version"] == version
+    print(f"last annotation to new version served: {time.monotonic() - last_submitted:.1f} s")
+
+    client.actions.create(id="retrieve_tasks_predictions", project=project_id,
+                          selected_items={"all": False, "included": [task.id for task in tasks[:5]]})
+    predictions = list(client.predictions.list(project=project_id))
+    assert len(predictions) == 5
+    assert {prediction.model_version for prediction in predictions} == {version}
+    assert label_studio.pat not in worker.log()
+    assert label_studio.pat not in loop["backend"].log()
+
+
+def test_burst_of_updates_trains_at_most_twice(loop):
+    """50 annotation updates within seconds cost at most two trainings, and the last saw all 50."""
+    client, redis = loop["client"], loop["redis"]
+    assert "annotation_ids" in loop, "runs after test_annotations_train_and_publish"
+    before = {job["id"] for job in recent_jobs(redis, limit=100)}
+    updated = list(loop["annotation_ids"].items())[:50]
+    latest = ""
+    for task_id, annotation_id in updated:
+        annotation = client.annotations.update(id=annotation_id, result=_region(["Text", "Face"]))
+        latest = max(latest, str(annotation.updated_at))
+    jobs = _wait_for_jobs(redis, len(before) + 1)
+    new_jobs = [job for job in jobs if job["id"] not in before]
+    assert 1 <= len(new_jobs) <= 2, new_jobs
+    last = max(new_jobs, key=lambda job: job["enqueued_at"])
+    assert last["status"] == "finished", last
+    assert last["result"]["latest_annotation_at"] >= latest.replace(" ", "T")[:19]
+    # Both trainings ran in the same worker process, one after the other.
+    assert loop["worker"].process.poll() is None
+    loop["worker"].stop()
