@@ -55,8 +55,8 @@ class Backend:
         # and the others wait their turn instead of thrashing the cores.
         self.cpu_slots = threading.BoundedSemaphore(settings.threads)
         self._warned_dropped: set[tuple[str, tuple[str, ...]]] = set()
-        # Short timeouts: a webhook must be answered well within Label Studio's 1 s limit, and
-        # /health within its 1 s limit, even when Redis is down.
+        # Short timeouts keep webhook and /health replies within Label Studio's 1 s limits,
+        # even when Redis is down.
         self.redis = Redis.from_url(settings.redis_url, socket_connect_timeout=0.25, socket_timeout=0.5,
                                     retry=Retry(NoBackoff(), 0))
 
@@ -303,7 +303,7 @@ def _warm(backend: Backend, lineage: str) -> None:
 
 def _predict_tasks(backend: Backend, predictor, config: LabelConfig, lineage: str, tasks: list,
                    version: str) -> tuple[list[dict], dict[int, str]]:
-    """Answer every task: choices where the image could be predicted, an empty result otherwise.
+    """Predict every task: choices where the image could be predicted, an empty result otherwise.
 
     Returns:
         The results in task order, and task index -> failure reason for the empty ones.

@@ -1,7 +1,7 @@
 """Label Studio's ML backend protocol: reading ``/predict`` requests and building results.
 
-A ``/predict`` reply must hold exactly one result per task, in task order, each carrying the
-``model_version`` that ``/setup`` returned: Label Studio skips a task only when it already has
+A ``/predict`` reply must contain exactly one result per task, in task order, each carrying the
+``model_version`` that ``/setup`` returned. Label Studio skips a task only when it already has
 a prediction of that version, so any other version makes every "Retrieve predictions" add a
 duplicate.
 """
@@ -17,7 +17,7 @@ NO_MODEL_VERSION = "no-model"
 
 
 class ProtocolError(ValueError):
-    """A request that does not follow the protocol; answered with HTTP 400 and this message."""
+    """A request that does not follow the protocol; the reply is HTTP 400 with this message."""
 
 
 @dataclass

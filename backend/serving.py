@@ -1,8 +1,8 @@
 """Keep the current model version of each lineage loaded, and switch when a new one is published.
 
 Serving processes never train: they watch the model store's CURRENT pointers. A pointer is
-re-read at most every ``check_interval`` seconds, so a request costs one dictionary lookup;
-a new version is loaded once, and versions no lineage serves any more are released, so
+re-read at most every ``check_interval`` seconds, so a request costs one dictionary lookup.
+A new version is loaded once. Versions that no lineage serves any more are released, so
 memory does not grow across switches.
 """
 

@@ -420,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true", help="print as JSON")
     sub.set_defaults(handler=cmd_jobs)
 
+    from thumbnail_ml.commands import register_all
+
+    register_all(commands)
+
     models = commands.add_parser("models", help="list, show and roll back model versions")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     sub = model_commands.add_parser("list", help="list versions, marking the current one of each lineage")

@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 class RunError(RuntimeError):
-    """A service could not be started; the message says which and how to fix it."""
+    """A service could not be started; the message names it and the fix."""
 
 
 def _listening(host: str, port: int) -> bool:

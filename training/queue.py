@@ -53,7 +53,7 @@ def new_job_id(project_id: int) -> str:
 
 
 def compare_and_delete(redis: Redis, key: str, value: str) -> bool:
-    """Delete ``key`` if it still holds ``value``; returns whether it did."""
+    """Delete ``key`` if its value is still ``value``; returns whether it did."""
     return bool(redis.eval(_COMPARE_AND_DELETE, 1, key, value))
 
 
