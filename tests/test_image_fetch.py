@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 import jwt
 import pytest
 
+import backend.image_cache as image_cache
 import backend.images as images
 from backend.images import FetchError, ImageFetcher
 from thumbnail_ml.settings import Settings
@@ -955,7 +956,7 @@ def test_cache_write_failure_leaves_no_file(make_fetcher, image_host, tmp_path, 
     def fail_fsync(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(images.os, "fsync", fail_fsync)
+    monkeypatch.setattr(image_cache.os, "fsync", fail_fsync)
     fetcher = make_fetcher(allowed_image_hosts=("127.0.0.1",), image_cache_max_mb=1)
     url = f"{image_host.base_url}/img.jpg"
     assert fetcher.fetch(url, 3) == payload("img")
@@ -968,8 +969,8 @@ def test_cache_write_failure_leaves_no_file(make_fetcher, image_host, tmp_path, 
 
 
 def _put_then_die_before_rename(directory: str, key: str, data: bytes) -> None:
-    images.os.replace = lambda *args: os._exit(3)
-    images._ImageCache(Path(directory), 1024 * 1024).put(key, data)
+    image_cache.os.replace = lambda *args: os._exit(3)
+    image_cache.ImageCache(Path(directory), 1024 * 1024).put(key, data)
 
 
 def test_crash_mid_write_leaves_no_cache_file(make_fetcher, image_host, tmp_path):
@@ -995,11 +996,11 @@ def test_crash_mid_write_leaves_no_cache_file(make_fetcher, image_host, tmp_path
 def test_stale_temp_files_removed_on_eviction(tmp_path):
     stale = tmp_path / ".tmp-crashed.part"
     stale.write_bytes(b"partial")
-    old = time.time() - 2 * images.CACHE_STALE_TEMP_S
+    old = time.time() - 2 * image_cache.CACHE_STALE_TEMP_S
     os.utime(stale, (old, old))
     fresh = tmp_path / ".tmp-in-progress.part"
     fresh.write_bytes(b"partial")
-    cache = images._ImageCache(tmp_path, 1024 * 1024)
+    cache = image_cache.ImageCache(tmp_path, 1024 * 1024)
     for index in range(4):
         cache.put(f"{index:064x}", payload(str(index), 300 * KIB))
     assert not stale.exists()
@@ -1007,7 +1008,7 @@ def test_stale_temp_files_removed_on_eviction(tmp_path):
 
 
 def _fill_cache(directory: str, worker: int, count: int) -> None:
-    cache = images._ImageCache(Path(directory), 1024 * 1024)
+    cache = image_cache.ImageCache(Path(directory), 1024 * 1024)
     for index in range(count):
         name = f"{worker}-{index}"
         cache.put(hashlib.sha256(name.encode()).hexdigest(), payload(name, 100 * KIB))

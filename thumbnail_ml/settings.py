@@ -87,7 +87,7 @@ class Settings:
     redis_url: str = "redis://127.0.0.1:6379/0"
     min_labelled_tasks: int = 20
     training_job_timeout: int = 3600
-    train_epochs: int = 40
+    train_epochs: int = 60
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -135,7 +135,7 @@ class Settings:
             redis_url=_redis_url(env.get("REDIS_URL")),
             min_labelled_tasks=_number(env, "MIN_LABELLED_TASKS", 20, int, minimum=1),
             training_job_timeout=_number(env, "TRAINING_JOB_TIMEOUT", 3600, int, minimum=60),
-            train_epochs=_number(env, "TRAIN_EPOCHS", 40, int, minimum=1),
+            train_epochs=_number(env, "TRAIN_EPOCHS", 60, int, minimum=1),
             allowed_image_hosts=tuple(
                 host.strip().lower() for host in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if host.strip()
             ),

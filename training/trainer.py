@@ -67,11 +67,11 @@ class TrainingOptions:
     """
 
     architecture: str = network.DEFAULT_ARCHITECTURE
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 32
     learning_rate: float = 3e-3
     warm_learning_rate: float = 1e-3
-    patience: int = 8
+    patience: int = 15
     seed: int = 1
     tolerance: float = 0.01
     from_scratch: bool = False
