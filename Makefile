@@ -29,8 +29,12 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks are not tests: they take tens of minutes and write their figures to bench/results/.
 bench: $(STAMP)
+	$(BIN)/python bench/predict_latency.py
+	$(BIN)/python bench/learning_loop.py
 	$(BIN)/python bench/input_size.py
+	$(BIN)/python bench/active_learning.py
 
 # Regenerate requirements.lock from the current environment after changing pyproject.toml.
 lock: $(STAMP)

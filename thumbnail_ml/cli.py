@@ -280,12 +280,13 @@ def cmd_jobs(args, settings: Settings) -> int:
     from redis.exceptions import RedisError
 
     from training.jobs_report import recent_jobs
-    from training.queue import queue_state
+    from training.preannotate import PREANNOTATE_QUEUE
+    from training.queue import QUEUE_NAME, queue_state
 
     redis = Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         state = queue_state(redis)
-        jobs = recent_jobs(redis, limit=args.limit)
+        jobs = recent_jobs(redis, limit=args.limit, queues=(QUEUE_NAME, PREANNOTATE_QUEUE))
     except RedisError as error:
         raise CommandError(f"cannot reach Redis at REDIS_URL ({type(error).__name__}); start redis-server or set REDIS_URL") from error
     if args.json:

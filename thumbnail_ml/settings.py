@@ -61,6 +61,8 @@ class Settings:
             (``MIN_LABELLED_TASKS``).
         training_job_timeout: seconds a training job may run (``TRAINING_JOB_TIMEOUT``).
         train_epochs: the maximum number of epochs of a training job (``TRAIN_EPOCHS``).
+        preannotate_after_training: queue pre-annotation of the project's unlabelled tasks
+            after each published version (``PREANNOTATE_AFTER_TRAINING``: true or false).
     """
 
     model_dir: Path = DEFAULT_MODEL_DIR
@@ -88,6 +90,7 @@ class Settings:
     min_labelled_tasks: int = 20
     training_job_timeout: int = 3600
     train_epochs: int = 60
+    preannotate_after_training: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "Settings":
@@ -136,6 +139,7 @@ class Settings:
             min_labelled_tasks=_number(env, "MIN_LABELLED_TASKS", 20, int, minimum=1),
             training_job_timeout=_number(env, "TRAINING_JOB_TIMEOUT", 3600, int, minimum=60),
             train_epochs=_number(env, "TRAIN_EPOCHS", 60, int, minimum=1),
+            preannotate_after_training=_flag(env, "PREANNOTATE_AFTER_TRAINING", False),
             allowed_image_hosts=tuple(
                 host.strip().lower() for host in env.get("ALLOWED_IMAGE_HOSTS", "").split(",") if host.strip()
             ),
@@ -174,6 +178,18 @@ def _label_studio_url(raw: str | None) -> str | None:
     return url
 
 
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise SettingsError(f"invalid {name} {raw!r}: expected true or false")
+
+
 def _redis_url(raw: str | None) -> str:
     if raw is None or not raw.strip():
         return "redis://127.0.0.1:6379/0"
@@ -191,3 +207,6 @@ def configure_logging(level: str) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         root.addHandler(handler)
     root.setLevel(level)
+    # httpx (under label-studio-sdk) logs every request at INFO, which would drown the
+    # application's one line per request or job.
+    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLevelName(level)))

@@ -9,7 +9,9 @@ fresh in every job and never in a process that forks afterwards. Its steps:
 3. stop as "skipped" below the minimum number of labelled tasks;
 4. fetch the images through the same fetcher and cache as the server;
 5. train from the project's current version (or the default lineage's) and publish through
-   the model store if the result is good enough.
+   the model store if the result is good enough;
+6. with ``PREANNOTATE_AFTER_TRAINING`` on, queue pre-annotation of the unlabelled tasks with
+   the new version.
 
 Progress goes into the job's metadata after every stage and epoch; the return value is the
 job's result. An exception fails the job (RQ keeps it in the failed registry with the cause)
@@ -106,7 +108,14 @@ def train_project(project_id: int) -> dict:
     with project_lock(redis, project_id, job_id, wait_s=settings.training_job_timeout):
         # From here on, a new event makes a new pending job, which will see this job's data too.
         compare_and_delete(redis, pending_key(project_id), job_id)
-        return _train(settings, project_id, job_id, report)
+        result = _train(settings, project_id, job_id, report)
+    if result.get("status") == "published":
+        from training.preannotate import enqueue_after_publish
+
+        result["preannotation_job"] = enqueue_after_publish(
+            redis, project_id, result["version"], enabled=settings.preannotate_after_training
+        )
+    return result
 
 
 def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:

@@ -34,13 +34,15 @@ def describe_job(job: Job) -> dict:
     return summary
 
 
-def recent_jobs(redis: Redis, limit: int = 20) -> list[dict]:
-    """Return the most recent training jobs of every state, newest first."""
-    queue = Queue(QUEUE_NAME, connection=redis)
-    ids = set(queue.job_ids)
-    for registry in (queue.started_job_registry, queue.deferred_job_registry, queue.finished_job_registry,
-                     queue.failed_job_registry):
-        ids.update(registry.get_job_ids())
+def recent_jobs(redis: Redis, limit: int = 20, queues: tuple[str, ...] = (QUEUE_NAME,)) -> list[dict]:
+    """Return the most recent jobs of every state on ``queues`` (training by default), newest first."""
+    ids: set[str] = set()
+    for name in queues:
+        queue = Queue(name, connection=redis)
+        ids.update(queue.job_ids)
+        for registry in (queue.started_job_registry, queue.deferred_job_registry, queue.finished_job_registry,
+                         queue.failed_job_registry):
+            ids.update(registry.get_job_ids())
     jobs = [job for job in Job.fetch_many(list(ids), connection=redis) if job is not None]
     jobs.sort(key=lambda job: job.enqueued_at or job.created_at, reverse=True)
     return [describe_job(job) for job in jobs[:limit]]

@@ -9,7 +9,8 @@ The steps, each in its own function below:
    best validation macro-AP and stopping when it has not improved for ``patience`` epochs;
 4. tune one threshold per class on the validation split;
 5. export to LiteRT and check that the export reproduces Keras to within 1e-5;
-6. compare with the parent on the same validation split and publish if not worse.
+6. compare with the parent on the same validation split, write the validation report
+   (plots and per-class figures) into the version, and publish if not worse.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from model import network
 from model.export import check_agreement, export_litert, litert_predict
 from model.manifest import Manifest
 from model.metrics import evaluate, tune_thresholds
+from model.report import write_report
 from model.store import ModelStore, VersionNotFound
 from training.dataset import Dataset, VALIDATION_FRACTION
 
@@ -316,6 +318,15 @@ def train_version(
         if not published:
             logger.warning("not publishing: %s", reason)
             return TrainingOutcome(False, reason, manifest, parent_ap, history)
+        if progress:
+            progress({"stage": "reporting"})
+        try:
+            parent_manifest = store.manifest(parent) if parent is not None else None
+            write_report(staging, manifest, validation.labels, probabilities, parent_manifest)
+        except (ValueError, OSError) as error:
+            # The version is still worth publishing: 'thumbnail-ml report' falls back to its manifest.
+            logger.warning("could not write the validation report of the new version: %s", error)
+
         if progress:
             progress({"stage": "publishing"})
         manifest = store.publish(lineage, staging, manifest)

@@ -17,6 +17,7 @@ from rq import Queue
 from rq.worker import SpawnWorker
 
 from thumbnail_ml.settings import Settings
+from training.preannotate import PREANNOTATE_QUEUE
 from training.queue import QUEUE_NAME
 
 logger = logging.getLogger(__name__)
@@ -26,9 +27,11 @@ def run_worker(settings: Settings, burst: bool = False, name: str | None = None)
     """Process training jobs until stopped (or, with ``burst``, until the queue is empty)."""
     redis = Redis.from_url(settings.redis_url)
     redis.ping()
-    queue = Queue(QUEUE_NAME, connection=redis)
-    worker = SpawnWorker([queue], connection=redis, name=name or f"thumbnail-ml-{socket.gethostname()}-{os.getpid()}")
-    logger.info("worker %s listening on queue %r at %s", worker.name, QUEUE_NAME, _safe_url(settings.redis_url))
+    # Training comes first: RQ takes jobs from the queues in this order.
+    queues = [Queue(QUEUE_NAME, connection=redis), Queue(PREANNOTATE_QUEUE, connection=redis)]
+    worker = SpawnWorker(queues, connection=redis, name=name or f"thumbnail-ml-{socket.gethostname()}-{os.getpid()}")
+    logger.info("worker %s listening on queues %r and %r at %s", worker.name, QUEUE_NAME, PREANNOTATE_QUEUE,
+                _safe_url(settings.redis_url))
     return worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
 
 

@@ -1,0 +1,83 @@
+"""``thumbnail-ml report``: a model version's per-class validation report, in the terminal or as HTML."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from model.store import ModelStore, lineage_for_project
+from thumbnail_ml.cli import CommandError
+from thumbnail_ml.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
+    if not path.parent.is_dir():
+        raise CommandError(f"output directory {path.parent} does not exist: create it first")
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+            # mkstemp creates the file as 0600; give it the mode a plain open() would.
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(handle.fileno(), 0o666 & ~mask)
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
+    """Print the report of a version and, with ``--html``, write it as a page."""
+    # Imported here because only this command needs matplotlib.
+    from model.report import format_text, load_report, render_html
+
+    store = ModelStore(settings.model_dir)
+    version = args.version
+    if version is None:
+        lineage = lineage_for_project(args.project)
+        version = store.resolve(lineage)
+        if version is None:
+            raise CommandError(
+                f"no model is trained yet in {store.root} (lineage {lineage}): train one with "
+                "'thumbnail-ml train --export FILE --images DIR', or set MODEL_DIR to a store that has one"
+            )
+    print(format_text(load_report(store, version)))
+    if args.html is not None:
+        if args.html.is_dir():
+            raise CommandError(f"--html {args.html} is a directory: give a file name, for example "
+                               f"{args.html}/{version}.html")
+        _write_atomically(args.html, render_html(store, version))
+        print(f"wrote the report page of {version} to {args.html}", file=sys.stderr)
+    return 0
+
+
+def register(commands) -> None:
+    """Add the ``report`` subcommand to the ``thumbnail-ml`` parser."""
+    sub = commands.add_parser(
+        "report",
+        help="show a model version's per-class validation report and the change from its parent",
+        description=(
+            "Print a version's per-class validation metrics, sorted by average precision and rated "
+            "good, fair or weak, and the comparison with its parent version. With --html, also write "
+            "one self-contained page with the precision-recall curves, the decision counts per class "
+            "and the training curve."
+        ),
+    )
+    sub.add_argument("--version", help="model version id (default: the version serving the lineage)")
+    sub.add_argument("--project", type=int, metavar="ID",
+                     help="Label Studio project id: report the version serving that project's lineage "
+                          "(default: the offline lineage)")
+    sub.add_argument("--html", type=Path, metavar="OUT", help="also write the report as an HTML page to this file")
+    sub.set_defaults(handler=cmd_report)
