@@ -61,7 +61,19 @@ def loop(trained_model, label_studio, label_studio_document_root, tmp_path_facto
            "IMAGE_CACHE_DIR": str(tmp_path_factory.mktemp("loop-cache")), "LOG_LEVEL": "INFO"}
     logs = tmp_path_factory.mktemp("loop-logs")
     backend = start_backend(env, logs / "backend.log")
+    state: dict = {}
+    try:
+        state = _loop_project(backend, env, logs, label_studio, label_studio_document_root, redis, model_dir)
+        yield state
+    finally:
+        if "worker" in state:
+            state["worker"].stop()
+        backend.stop()
+        redis.flushdb()
 
+
+def _loop_project(backend, env, logs, label_studio, label_studio_document_root, redis, model_dir) -> dict:
+    """Create the project of labelled thumbnails and connect the backend; returns the shared state."""
     client = create_sdk_client(label_studio)
     project = client.projects.create(title="active learning", label_config=default_label_config_xml())
     folder = label_studio_document_root / "loop"
@@ -75,11 +87,9 @@ def loop(trained_model, label_studio, label_studio_document_root, tmp_path_facto
                                   auto_update=True)
     assert connection.state == "CO"
 
-    yield {"redis": redis, "env": env, "logs": logs, "backend": backend, "client": client, "project": project.id,
+    return {"redis": redis, "env": env, "logs": logs, "backend": backend, "client": client, "project": project.id,
            "labels": {Path(relative).name: choices for relative, choices in labels.items()},
            "store": ModelStore(model_dir)}
-    backend.stop()
-    redis.flushdb()
 
 
 def test_annotations_train_and_publish(loop, trained_model, label_studio):
