@@ -32,6 +32,7 @@ test: $(STAMP)
 # Benchmarks are not tests: they take tens of minutes and write their figures to bench/results/.
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py
+	$(BIN)/python bench/preannotate_throughput.py
 	$(BIN)/python bench/learning_loop.py
 	$(BIN)/python bench/input_size.py
 	$(BIN)/python bench/active_learning.py

@@ -21,10 +21,7 @@ and leaves the current version untouched.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
 from redis import Redis
 from rq import get_current_job
@@ -37,49 +34,21 @@ from model.store import ModelStore, lineage_for_project
 from thumbnail_ml.settings import Settings, configure_logging
 from training.exports import labelled_tasks_from_rows
 from training.label_studio import make_client, pull_project
+from training.locks import heartbeat_lock
 from training.queue import compare_and_delete, pending_key, running_key
 
 logger = logging.getLogger(__name__)
-
-# The running lock expires this long after the last heartbeat, so a worker killed by the
-# kernel blocks the project for at most this long.
-LOCK_TTL_S = 60
-HEARTBEAT_S = 15
-LOCK_WAIT_POLL_S = 2.0
-
 
 class LockTimeout(RuntimeError):
     """Another job of the same project kept the running lock for too long."""
 
 
-@contextmanager
-def project_lock(redis: Redis, project_id: int, job_id: str, wait_s: float) -> Iterator[None]:
+def project_lock(redis: Redis, project_id: int, job_id: str, wait_s: float):
     """Hold the project's running lock, refreshed by a heartbeat thread, for the block's duration."""
-    key = running_key(project_id)
-    deadline = time.monotonic() + wait_s
-    while not redis.set(key, job_id, nx=True, ex=LOCK_TTL_S):
-        if time.monotonic() > deadline:
-            holder = redis.get(key)
-            raise LockTimeout(f"project {project_id} is being trained by job {holder!r}; gave up after {wait_s:.0f} s")
-        time.sleep(LOCK_WAIT_POLL_S)
+    def busy(holder: str | None) -> Exception:
+        return LockTimeout(f"project {project_id} is being trained by job {holder}; gave up after {wait_s:.0f} s")
 
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                redis.expire(key, LOCK_TTL_S)
-            except Exception as error:  # noqa: BLE001 - a missed beat is retried; the lock TTL covers it
-                logger.warning("job %s: lock heartbeat failed: %s", job_id, error)
-
-    beat = threading.Thread(target=heartbeat, name="training-lock-heartbeat", daemon=True)
-    beat.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beat.join(timeout=5)
-        compare_and_delete(redis, key, job_id)
+    return heartbeat_lock(redis, running_key(project_id), job_id, wait_s, busy)
 
 
 def _reporter(job):

@@ -34,12 +34,10 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,6 +61,7 @@ from model.preprocess import preprocess_bytes
 from model.store import ModelStore, StoreError, lineage_for_project
 from thumbnail_ml.settings import Settings, configure_logging
 from training.label_studio import ATTEMPTS, BACKOFF_S, PAGE_SIZE, REQUEST_TIMEOUT_S, PullError, _retrying
+from training.locks import LOCK_TTL_S, heartbeat_lock
 from training.queue import EnqueueResult, compare_and_delete
 
 logger = logging.getLogger(__name__)
@@ -86,9 +85,6 @@ RESULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
 # The running lock expires this long after the last heartbeat, so a killed run blocks the
 # project for at most this long.
-LOCK_TTL_S = 60
-HEARTBEAT_S = 15
-LOCK_WAIT_POLL_S = 2.0
 PROGRESS_SAVE_INTERVAL_S = 1.0
 LOGGED_FAILURES_PER_REASON = 20
 _ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
@@ -1000,8 +996,7 @@ class ProjectBusy(PreannotateError):
     """Another pre-annotation of the same project holds the running lock."""
 
 
-@contextmanager
-def preannotation_lock(redis: Redis, project_id: int, owner: str, wait_s: float) -> Iterator[None]:
+def preannotation_lock(redis: Redis, project_id: int, owner: str, wait_s: float):
     """Hold the project's pre-annotation lock, refreshed by a heartbeat, for the block's duration.
 
     Two runs of one project at the same time would both see a task without a prediction, and
@@ -1010,37 +1005,11 @@ def preannotation_lock(redis: Redis, project_id: int, owner: str, wait_s: float)
     Raises:
         ProjectBusy: another run kept the lock for ``wait_s`` seconds.
     """
-    key = running_key(project_id)
-    deadline = time.monotonic() + wait_s
-    while not redis.set(key, owner, nx=True, ex=LOCK_TTL_S):
-        if time.monotonic() >= deadline:
-            holder = redis.get(key)
-            holder_text = holder.decode() if isinstance(holder, bytes) else holder
-            raise ProjectBusy(f"project {project_id} is being pre-annotated by {holder_text}. Wait for it to finish "
-                              f"(a run killed without cleanup frees the project within {LOCK_TTL_S} s)")
-        time.sleep(LOCK_WAIT_POLL_S)
+    def busy(holder: str | None) -> Exception:
+        return ProjectBusy(f"project {project_id} is being pre-annotated by {holder}. Wait for it to finish "
+                           f"(a run killed without cleanup frees the project within {LOCK_TTL_S} s)")
 
-    stop = threading.Event()
-
-    def heartbeat() -> None:
-        while not stop.wait(HEARTBEAT_S):
-            try:
-                redis.expire(key, LOCK_TTL_S)
-            except RedisError as error:
-                logger.warning("pre-annotation lock of project %s: heartbeat failed (%s), retrying", project_id, error)
-
-    beat = threading.Thread(target=heartbeat, name="preannotate-lock-heartbeat", daemon=True)
-    beat.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        beat.join(timeout=5)
-        try:
-            compare_and_delete(redis, key, owner)
-        except RedisError as error:
-            logger.warning("pre-annotation lock of project %s not released (%s), so it expires in %d s",
-                           project_id, error, LOCK_TTL_S)
+    return heartbeat_lock(redis, running_key(project_id), owner, wait_s, busy)
 
 
 def _job_reporter(job: Job | None) -> ProgressCallback:
