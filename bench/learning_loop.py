@@ -142,7 +142,7 @@ def run(epochs: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40, help="TRAIN_EPOCHS of the worker (default: 40)")
+    parser.add_argument("--epochs", type=int, default=60, help="TRAIN_EPOCHS of the worker (default: 60, as in production)")
     args = parser.parse_args()
     result = run(args.epochs)
     results = Path(__file__).resolve().parent / "results"

@@ -39,10 +39,12 @@ def recent_jobs(redis: Redis, limit: int = 20, queues: tuple[str, ...] = (QUEUE_
     ids: set[str] = set()
     for name in queues:
         queue = Queue(name, connection=redis)
-        ids.update(queue.job_ids)
+        ids.update(queue.get_job_ids(0, limit))
+        # Registries are sorted by time; only the newest ``limit`` of each can be among the
+        # newest ``limit`` overall, so /health stays fast when thousands of jobs are kept.
         for registry in (queue.started_job_registry, queue.deferred_job_registry, queue.finished_job_registry,
                          queue.failed_job_registry):
-            ids.update(registry.get_job_ids())
+            ids.update(registry.get_job_ids(0, limit - 1, desc=True))
     jobs = [job for job in Job.fetch_many(list(ids), connection=redis) if job is not None]
     jobs.sort(key=lambda job: job.enqueued_at or job.created_at, reverse=True)
     return [describe_job(job) for job in jobs[:limit]]
