@@ -4,7 +4,7 @@ Starts the real server (``thumbnail-ml serve``, gunicorn, 1 worker, 2 threads) o
 with the images' folder mounted as Label Studio's local-files root, so each request reads a
 480x360 JPEG from disk, decodes, crops, resizes and predicts it. Sends sequential requests on
 one keep-alive connection and reports p50 and p99, the resident memory of the serving
-processes afterwards, and the time from start to the first answer.
+processes afterwards, and the time from start to the first prediction.
 
     .venv/bin/python bench/predict_latency.py [--requests 1000] [--model-dir DIR]
 

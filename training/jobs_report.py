@@ -40,8 +40,8 @@ def recent_jobs(redis: Redis, limit: int = 20, queues: tuple[str, ...] = (QUEUE_
     for name in queues:
         queue = Queue(name, connection=redis)
         ids.update(queue.get_job_ids(0, limit))
-        # Registries are sorted by time; only the newest ``limit`` of each can be among the
-        # newest ``limit`` overall, so /health stays fast when thousands of jobs are kept.
+        # Registries are sorted by time, and only the newest ``limit`` of each can be among the
+        # newest ``limit`` overall. This keeps /health fast when thousands of jobs are kept.
         for registry in (queue.started_job_registry, queue.deferred_job_registry, queue.finished_job_registry,
                          queue.failed_job_registry):
             ids.update(registry.get_job_ids(0, limit - 1, desc=True))
