@@ -1,4 +1,4 @@
-"""A small real HTTP server on 127.0.0.1 whose answers the test chooses, path by path."""
+"""A small real HTTP server on 127.0.0.1 whose responses the test chooses, path by path."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class Route:
     """What the server sends for one path: status, headers and body.
 
     Attributes:
-        hang_s: seconds to wait before sending anything (a server that does not answer).
+        hang_s: seconds to wait before sending anything (a server that never responds).
         trickle_s: seconds between bytes of the body (a server that trickles it).
     """
 

@@ -1,7 +1,7 @@
-"""Bad input through /predict and /setup: each case gets a clear per-task answer, the others are served.
+"""Bad input through /predict and /setup: each bad task gets a clear reason, the others are served.
 
 Every image case sends three tasks: a good image, the bad case, and the good image again.
-The reply must hold three results in order: choices, an empty result, choices; and the log
+The reply must contain three results in order: choices, an empty result, choices; and the log
 must name the bad task's id and the reason. Request and config cases check the HTTP answer.
 Images are served by a real HTTP server on 127.0.0.1 that plays Label Studio.
 """
