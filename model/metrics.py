@@ -13,11 +13,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 
-def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Return the area under the precision-recall curve as a step sum over positives.
+def precision_recall_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Return (recall, precision) at each distinct score, highest score first.
 
-    Tied scores are handled as one threshold, so a constant predictor gets exactly the
-    positive rate. Returns None when ``labels`` has no positive (AP is undefined).
+    Tied scores are one threshold, so each group of ties gives one point. Returns None when
+    ``labels`` has no positive.
     """
     labels = np.asarray(labels, dtype=bool)
     scores = np.asarray(scores, dtype=np.float64)
@@ -30,9 +30,19 @@ def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
     # Evaluate only at the last index of each group of tied scores.
     last_of_group = np.r_[np.flatnonzero(np.diff(scores)), scores.size - 1]
     tp = true_positives[last_of_group]
-    predicted = last_of_group + 1
-    precision = tp / predicted
-    recall = tp / positives
+    return tp / positives, tp / (last_of_group + 1)
+
+
+def average_precision(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Return the area under the precision-recall curve as a step sum over the curve's points.
+
+    Tied scores are handled as one threshold, so a constant predictor gets exactly the
+    positive rate. Returns None when ``labels`` has no positive (AP is undefined).
+    """
+    points = precision_recall_points(labels, scores)
+    if points is None:
+        return None
+    recall, precision = points
     recall_steps = np.diff(np.r_[0.0, recall])
     return float(np.sum(recall_steps * precision))
 

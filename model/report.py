@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from model.manifest import Manifest
-from model.metrics import evaluate
+from model.metrics import evaluate, precision_recall_points
 from model.store import ModelStore, StoreError, VersionNotFound
 
 logger = logging.getLogger(__name__)
@@ -93,18 +93,10 @@ def precision_recall_curve(labels: np.ndarray, scores: np.ndarray) -> tuple[np.n
     The points are those that ``model.metrics.average_precision`` sums over, with a first
     point at recall 0. Drawn as steps with ``where="pre"``, the area under the curve is the AP.
     """
-    labels = np.asarray(labels, dtype=bool)
-    scores = np.asarray(scores, dtype=np.float64)
-    positives = int(labels.sum())
-    if positives == 0:
+    points = precision_recall_points(labels, scores)
+    if points is None:
         return None
-    order = np.argsort(-scores, kind="mergesort")
-    sorted_scores = scores[order]
-    true_positives = np.cumsum(labels[order])
-    last_of_group = np.r_[np.flatnonzero(np.diff(sorted_scores)), sorted_scores.size - 1]
-    tp = true_positives[last_of_group]
-    precision = tp / (last_of_group + 1)
-    recall = tp / positives
+    recall, precision = points
     return np.r_[0.0, recall], np.r_[precision[0], precision]
 
 

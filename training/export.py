@@ -22,18 +22,16 @@ prediction: ``prediction`` (a JSON list of the chosen classes), ``prediction_sco
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 from xml.etree import ElementTree
 
 import httpx
@@ -41,6 +39,7 @@ from label_studio_sdk import LabelStudio
 from label_studio_sdk.core.api_error import ApiError
 
 from model.label_config import LabelConfigError, parse_label_config
+from thumbnail_ml.files import atomic_file
 from training.label_studio import PullError, _retrying
 
 logger = logging.getLogger(__name__)
@@ -134,7 +133,7 @@ def export_project(
     snapshot_id = _create_snapshot(client, project_id, with_predictions, all_tasks, timeout_s)
     try:
         _wait_until_completed(client, project_id, snapshot_id, timeout_s)
-        with _atomic_file(path) as handle:
+        with atomic_file(path) as handle:
             if export_format == "json":
                 _download(client, project_id, snapshot_id, None, handle, timeout_s)
                 handle.seek(0)
@@ -340,24 +339,6 @@ def _delete_snapshot(client: LabelStudio, project_id: int, snapshot_id: int) -> 
 # -- writing files ---------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _atomic_file(path: Path) -> Iterator[IO[bytes]]:
-    """Yield a temporary file beside ``path`` that replaces ``path`` only if the block succeeds."""
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w+b") as handle:
-            # mkstemp creates the file as 0600; give it the mode a plain open() would.
-            os.fchmod(handle.fileno(), 0o666 & ~_current_umask())
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
 def _write_flat_export(client: LabelStudio, project_id: int, snapshot_id: int, export_format: str,
                        handle: IO[bytes], with_predictions: bool, choices_name: str | None,
                        timeout_s: float) -> tuple[int, int, int | None]:
@@ -411,12 +392,6 @@ def _csv_text(columns: list[str], rows: list[dict]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # -- predictions and counts ------------------------------------------------------------------

@@ -49,8 +49,7 @@ from label_studio_sdk.core.api_error import ApiError
 from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue, get_current_job
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job
 
 from backend.images import FetchError, ImageFetcher
 from backend.protocol import TaskInput, choices_result, task_input
@@ -62,7 +61,7 @@ from model.store import ModelStore, StoreError, lineage_for_project
 from thumbnail_ml.settings import Settings, configure_logging
 from training.label_studio import ATTEMPTS, BACKOFF_S, PAGE_SIZE, REQUEST_TIMEOUT_S, PullError, _retrying
 from training.locks import LOCK_TTL_S, heartbeat_lock
-from training.queue import EnqueueResult, compare_and_delete
+from training.queue import EnqueueResult, claim_pending_slot, compare_and_delete
 
 logger = logging.getLogger(__name__)
 
@@ -80,14 +79,10 @@ WRITE_CHUNK_SIZE = 200
 PREFETCH_BATCHES = 4
 
 JOB_TIMEOUT_S = 6 * 3600
-PENDING_TTL_S = 24 * 3600
 RESULT_TTL_S = 7 * 24 * 3600
 FAILURE_TTL_S = 30 * 24 * 3600
-# The running lock expires this long after the last heartbeat, so a killed run blocks the
-# project for at most this long.
 PROGRESS_SAVE_INTERVAL_S = 1.0
 LOGGED_FAILURES_PER_REASON = 20
-_ENDED = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 UNLABELLED_FILTER_ITEM = {
     "filter": "filter:tasks:total_annotations", "operator": "equal", "value": 0, "type": "Number",
@@ -1056,13 +1051,6 @@ def preannotate_job(project_id: int, version: str | None = None, only_unlabeled:
     return {"status": "done", **summary.to_dict()}
 
 
-def _job_status(redis: Redis, job_id: str) -> JobStatus | None:
-    try:
-        return Job.fetch(job_id, connection=redis).get_status()
-    except NoSuchJobError:
-        return None
-
-
 def enqueue_preannotation(redis: Redis, project_id: int, *, version: str | None = None,
                           only_unlabeled: bool = False, limit: int | None = None, reason: str = "requested",
                           job_timeout: int = JOB_TIMEOUT_S) -> EnqueueResult:
@@ -1082,23 +1070,10 @@ def enqueue_preannotation(redis: Redis, project_id: int, *, version: str | None 
     """
     request = {"project": project_id, "version": version, "only_unlabeled": only_unlabeled, "limit": limit}
     key = pending_key(project_id, request)
-    job_id = f"preannotate-project-{project_id}-{os.urandom(8).hex()}"
-    for _ in range(3):
-        if redis.set(key, job_id, nx=True, ex=PENDING_TTL_S):
-            break
-        existing = redis.get(key)
-        existing_id = existing.decode() if isinstance(existing, bytes) else existing
-        if existing_id is None:
-            continue
-        status = _job_status(redis, existing_id)
-        if status is not None and status not in _ENDED:
-            logger.info("project %s: pre-annotation request (%s) joined waiting job %s", project_id, reason,
-                        existing_id)
-            return EnqueueResult(existing_id, coalesced=True)
-        # The marker names a job that is gone or ended before it could clear it: replace it.
-        compare_and_delete(redis, key, existing_id)
-    else:
-        raise RuntimeError(f"could not claim the pending pre-annotation slot of project {project_id}")
+    job_id, existing_id = claim_pending_slot(redis, key, f"preannotate-project-{project_id}-{os.urandom(8).hex()}")
+    if existing_id is not None:
+        logger.info("project %s: pre-annotation request (%s) joined waiting job %s", project_id, reason, existing_id)
+        return EnqueueResult(existing_id, coalesced=True)
 
     try:
         Queue(PREANNOTATE_QUEUE, connection=redis).enqueue(

@@ -72,6 +72,29 @@ def _job_status(redis: Redis, job_id: str) -> JobStatus | None:
         return None
 
 
+def claim_pending_slot(redis: Redis, key: str, job_id: str) -> tuple[str, str | None]:
+    """Claim the pending marker ``key`` for ``job_id``, unless a live job already holds it.
+
+    Returns:
+        ``(job_id, None)`` when the caller must enqueue ``job_id``, or ``(job_id, existing)``
+        when the event joins the waiting job ``existing``.
+    """
+    for _ in range(3):
+        if redis.set(key, job_id, nx=True, ex=PENDING_TTL_S):
+            return job_id, None
+        existing = redis.get(key)
+        existing_id = existing.decode() if isinstance(existing, bytes) else existing
+        if existing_id is None:
+            continue
+        status = _job_status(redis, existing_id)
+        if status is not None and status not in _ENDED:
+            return job_id, existing_id
+        # The marker names a job that is gone or ended without starting (deleted, or
+        # failed before it could clear its marker): replace it.
+        compare_and_delete(redis, key, existing_id)
+    raise RuntimeError(f"could not claim the pending job marker {key}")
+
+
 def enqueue_training(redis: Redis, project_id: int, reason: str, job_timeout: int) -> EnqueueResult:
     """Make sure a training job for ``project_id`` will start after this call.
 
@@ -85,23 +108,10 @@ def enqueue_training(redis: Redis, project_id: int, reason: str, job_timeout: in
         redis.exceptions.RedisError: Redis is unreachable; nothing was enqueued.
     """
     key = pending_key(project_id)
-    for _ in range(3):
-        job_id = new_job_id(project_id)
-        if redis.set(key, job_id, nx=True, ex=PENDING_TTL_S):
-            break
-        existing = redis.get(key)
-        existing_id = existing.decode() if isinstance(existing, bytes) else existing
-        if existing_id is None:
-            continue
-        status = _job_status(redis, existing_id)
-        if status is not None and status not in _ENDED:
-            logger.info("project %s: %s coalesced into pending job %s", project_id, reason, existing_id)
-            return EnqueueResult(existing_id, coalesced=True)
-        # The marker names a job that is gone or ended without starting (deleted, or
-        # failed before it could clear its marker): replace it.
-        compare_and_delete(redis, key, existing_id)
-    else:
-        raise RuntimeError(f"could not claim the pending training slot of project {project_id}")
+    job_id, existing_id = claim_pending_slot(redis, key, new_job_id(project_id))
+    if existing_id is not None:
+        logger.info("project %s: %s coalesced into pending job %s", project_id, reason, existing_id)
+        return EnqueueResult(existing_id, coalesced=True)
 
     running = redis.get(running_key(project_id))
     running_id = running.decode() if isinstance(running, bytes) else running

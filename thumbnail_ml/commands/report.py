@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from model.store import ModelStore, lineage_for_project
 from thumbnail_ml.cli import CommandError
+from thumbnail_ml.files import atomic_file
 from thumbnail_ml.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -21,21 +19,8 @@ def _write_atomically(path: Path, text: str) -> None:
     """Write ``text`` to a temporary file beside ``path`` and rename it over ``path``."""
     if not path.parent.is_dir():
         raise CommandError(f"output directory {path.parent} does not exist: create it first")
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            # mkstemp creates the file as 0600; give it the mode a plain open() would.
-            mask = os.umask(0)
-            os.umask(mask)
-            os.fchmod(handle.fileno(), 0o666 & ~mask)
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
+    with atomic_file(path) as handle:
+        handle.write(text.encode("utf-8"))
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
