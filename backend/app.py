@@ -240,14 +240,17 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
     def webhook():
         payload = request.get_json(silent=True)
         if not isinstance(payload, dict) or not isinstance(payload.get("action"), str):
+            logger.warning("webhook rejected: the body is not a JSON object with an 'action'")
             return _json_error(400, "webhook body must be a JSON object with an 'action'")
         action = payload["action"]
         project = _project_of(payload)
+
         # The payload's project object carries the project's token: only its id is ever logged.
         if action not in TRAINING_ACTIONS:
             backend.metrics.webhooks.labels("other", "ignored").inc()
             logger.info("webhook %s for project %s: ignored (does not change annotations)", action, project)
             return jsonify({"status": "ignored", "action": action}), 200
+
         try:
             project_id = int(str(project).split(".", 1)[0])
             if project_id < 1:
@@ -256,6 +259,7 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
             backend.metrics.webhooks.labels(action, "invalid").inc()
             logger.warning("webhook %s without a valid project id (%r): not queued", action, project)
             return _json_error(400, f"webhook {action} has no valid project id; nothing was queued")
+
         try:
             queued = enqueue_training(backend.redis, project_id, action, settings.training_job_timeout)
         except RedisError as error:
@@ -264,6 +268,7 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
                          type(error).__name__, error)
             return _json_error(503, "training queue unavailable: cannot reach Redis at REDIS_URL. Nothing was "
                                     "queued; the next annotation event after Redis is back trains on everything")
+
         outcome = "coalesced" if queued.coalesced else "queued"
         backend.metrics.webhooks.labels(action, outcome).inc()
         logger.info("webhook %s for project %s: %s as job %s", action, project_id, outcome, queued.job_id)

@@ -1,4 +1,4 @@
-"""Image bytes for decode tests, made with Pillow so each case is exactly what its name says."""
+"""Image bytes for decode tests, made with Pillow so each case is exactly what its name states."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ JPEG = (THUMBNAIL_IMAGES / "basile-bron__Thumbnail-clickbait-detection/0.0_-qggD
 
 @pytest.fixture
 def label_studio_files():
-    """A stand-in for Label Studio's file serving: one upload, a 403 and an empty HTML answer."""
+    """A stand-in for Label Studio's file serving: one upload, a 403 and an empty HTML response."""
     server = RoutedServer()
     server.routes["/data/upload/1/ab12cd34-good.jpg"] = Route(200, JPEG, {"Content-Type": "image/jpeg"})
     server.routes["/data/local-files/?d=private/forbidden.jpg"] = Route(403, b"")
@@ -100,7 +100,7 @@ def test_setup_rejects_unservable_config(client, schema, message):
 
 
 def test_predict_mixed_tasks_in_order(client, trained_model):
-    """An image that works, one answered 403 with an empty body, one 200 text/html with no bytes."""
+    """An image that works, one served as 403 with an empty body, one 200 text/html with no bytes."""
     tasks = [
         _task(1, "/data/upload/1/ab12cd34-good.jpg"),
         _task(2, "/data/local-files/?d=private/forbidden.jpg"),

@@ -2,7 +2,7 @@
 
 Every image case sends three tasks: a good image, the bad case, and the good image again.
 The reply must contain three results in order: choices, an empty result, choices; and the log
-must name the bad task's id and the reason. Request and config cases check the HTTP answer.
+must name the bad task's id and the reason. Request and config cases check the HTTP status and error message.
 Images are served by a real HTTP server on 127.0.0.1 that plays Label Studio.
 """
 

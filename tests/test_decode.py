@@ -15,7 +15,8 @@ def test_real_jpeg_thumbnail():
     path = next(THUMBNAIL_IMAGES.rglob("*.jpg"))
     rgb = decode_image(path.read_bytes(), str(path))
     assert rgb.dtype == np.uint8
-    assert rgb.ndim == 3 and rgb.shape[2] == 3
+    assert rgb.ndim == 3
+    assert rgb.shape[2] == 3
 
 
 @pytest.mark.parametrize("image_format", ["PNG", "WEBP", "GIF", "JPEG"])
@@ -29,7 +30,9 @@ def test_format_detected_from_content(image_format):
 def test_jpeg_is_rgb_not_bgr():
     data = encode(Image.new("RGB", (64, 64), (250, 10, 10)), "JPEG", quality=95)
     red, green, blue = decode_image(data)[32, 32]
-    assert red > 200 and green < 50 and blue < 50
+    assert red > 200
+    assert green < 50
+    assert blue < 50
 
 
 @pytest.mark.parametrize("mode, colour", [("L", 128), ("CMYK", (0, 255, 255, 0))])
@@ -38,7 +41,9 @@ def test_grayscale_and_cmyk_jpeg(mode, colour):
     assert rgb.shape == (48, 64, 3)
     if mode == "CMYK":
         red, green, blue = rgb[24, 32]
-        assert red > 200 and green < 60 and blue < 60
+        assert red > 200
+        assert green < 60
+        assert blue < 60
 
 
 def test_png_alpha_composited_on_black():
@@ -60,7 +65,8 @@ def test_animated_gif_first_frame():
     frames = [Image.new("RGB", (32, 32), colour) for colour in ((255, 0, 0), (0, 255, 0))]
     buffer = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
     red, green, _ = decode_image(buffer)[16, 16]
-    assert red > 200 and green < 50
+    assert red > 200
+    assert green < 50
 
 
 @pytest.mark.parametrize("orientation, left_is_red", [(1, True), (3, False)])

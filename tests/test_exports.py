@@ -68,7 +68,8 @@ def test_json_export_latest_non_cancelled(tmp_path):
     assert by_id[1].labels == ["Face", "Text"]
     assert by_id[1].annotation_id == 11
     assert by_id[2].labels == ["None"]
-    assert 3 not in by_id and 4 not in by_id
+    assert 3 not in by_id
+    assert 4 not in by_id
     assert by_id[5].labels == ["Face"]
     assert report.cancelled == 2
     assert report.only_cancelled == 1
@@ -154,7 +155,7 @@ def test_validation_split_is_stable_and_about_a_fifth():
 
 
 def test_train_refuses_10k_export_without_images(tmp_path):
-    """The real export's images are not available: the report says so and training refuses."""
+    """The real export's images are not available: the report states it and training stops."""
     images = tmp_path / "images"
     images.mkdir()
     result = subprocess.run(

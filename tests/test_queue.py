@@ -57,9 +57,10 @@ def test_event_during_run_makes_one_dependent_job(redis):
 
 
 def test_projects_are_independent(redis):
-    one = enqueue_training(redis, 1, "ANNOTATION_CREATED", job_timeout=600)
-    two = enqueue_training(redis, 2, "ANNOTATION_CREATED", job_timeout=600)
-    assert not one.coalesced and not two.coalesced
+    first = enqueue_training(redis, 1, "ANNOTATION_CREATED", job_timeout=600)
+    second = enqueue_training(redis, 2, "ANNOTATION_CREATED", job_timeout=600)
+    assert not first.coalesced
+    assert not second.coalesced
     assert Queue(QUEUE_NAME, connection=redis).count == 2
 
 

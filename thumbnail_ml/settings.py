@@ -56,7 +56,7 @@ class Settings:
         fetch_concurrency: parallel image downloads per request (``FETCH_CONCURRENCY``).
         allowed_image_hosts: hosts whose plain URLs may resolve to private or loopback
             addresses (``ALLOWED_IMAGE_HOSTS``, comma-separated).
-        redis_url: the Redis that holds the training queue (``REDIS_URL``).
+        redis_url: the Redis that stores the training queue (``REDIS_URL``).
         min_labelled_tasks: labelled tasks a project needs before its first training
             (``MIN_LABELLED_TASKS``).
         training_job_timeout: seconds a training job may run (``TRAINING_JOB_TIMEOUT``).

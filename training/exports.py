@@ -7,7 +7,7 @@ What real exports contain, and how each case is handled:
 * JSON-MIN: one row per annotation with the task's data keys at the top level. The Choices
   field is a plain string for one choice, ``{"choices": [...]}`` for several, and
   ``{"choices": []}`` or missing for none. A missing field also occurs on tasks without any
-  annotation, which ``annotation_id: null`` tells apart.
+  annotation, and then ``annotation_id`` is null.
 * CSV: the JSON-MIN columns, with the several-choices case JSON-encoded in the cell.
 
 A task with several annotations uses the latest non-cancelled one (by ``updated_at``).

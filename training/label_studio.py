@@ -1,7 +1,7 @@
 """Pull labelled tasks and the labeling config of a project through label-studio-sdk.
 
-Label Studio 1.23's ``only_annotated=True`` does not filter the task list, so the pull asks
-for tasks whose ``total_annotations`` is above zero with a Data Manager filter. Every page is
+Label Studio 1.23's ``only_annotated=True`` does not filter the task list, so the pull filters
+on tasks whose ``total_annotations`` is above zero with a Data Manager query. Every page is
 fetched with a timeout and retried with backoff, and the pull fails unless it got as many
 distinct tasks as Label Studio reported: a model is never trained on a silently truncated set.
 """
@@ -35,7 +35,7 @@ ANNOTATED_FILTER = json.dumps({
 
 
 class PullError(RuntimeError):
-    """The annotations could not be pulled completely; the message says what failed."""
+    """The annotations could not be pulled completely; the message names what failed."""
 
 
 @dataclass
@@ -59,7 +59,7 @@ def make_client(settings: Settings) -> LabelStudio:
 
 
 def _retrying(description: str, call, attempts: int = ATTEMPTS, backoff: float = BACKOFF_S):
-    """Run ``call`` and retry network errors and 5xx answers with exponential backoff."""
+    """Run ``call`` and retry network errors and 5xx responses with exponential backoff."""
     for attempt in range(1, attempts + 1):
         try:
             return call()

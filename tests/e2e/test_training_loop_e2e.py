@@ -1,8 +1,8 @@
 """The active-learning loop with the real Label Studio, real Redis, our server and a real worker.
 
-Annotations for the labelled thumbnails are submitted through the SDK; Label Studio delivers
-the webhooks to our server, which queues training; the worker trains and publishes a version
-of the project's lineage; the server then reports and predicts with it.
+Annotations for the labelled thumbnails are submitted through the SDK. Label Studio delivers
+the webhooks to our server, which queues training. The worker trains and publishes a version
+of the project's lineage, and the server then reports and predicts with it.
 """
 
 from __future__ import annotations
