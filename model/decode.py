@@ -62,12 +62,16 @@ def _jpeg_is_truncated(data: bytes) -> bool:
     return body.rfind(b"\xff\xd9") < body.rfind(b"\xff\xda")
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+def decode_image(data: bytes, name: str = "image", min_size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode image bytes into an RGB ``uint8`` array of shape (height, width, 3).
 
     Args:
         data: the file's bytes.
         name: how to call the image in error messages (a path, URL or task id).
+        min_size: (height, width) that the result must keep. When given, a JPEG is decoded at
+            1/2, 1/4 or 1/8 scale (libjpeg's DCT scaling) if the scaled image is still at least
+            this size: several times faster than a full decode followed by a resize, and the
+            scaling averages pixels, so it does not alias. Other formats decode at full size.
 
     Raises:
         ImageDecodeError: empty, unknown format, corrupt, truncated, too small or too large.
@@ -106,7 +110,7 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
         raise ImageDecodeError("truncated", f"{name}: the JPEG data is truncated (no end-of-image marker)")
 
     if image_format == "JPEG":
-        rgb = _decode_with_opencv(data)
+        rgb = _decode_with_opencv(data, _jpeg_scale_flag(width, height, min_size))
     else:
         # Pillow composites alpha, reads the first GIF frame and converts 16-bit PNGs the same
         # way on every platform, where OpenCV's results depend on its build.
@@ -116,9 +120,26 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
     return rgb
 
 
-def _decode_with_opencv(data: bytes) -> np.ndarray | None:
-    # IMREAD_COLOR applies EXIF orientation and converts grayscale and CMYK to 3 channels.
-    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+# OpenCV's reduced-size colour flags by scale denominator, largest reduction first.
+_REDUCED_COLOR_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                        (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def _jpeg_scale_flag(width: int, height: int, min_size: tuple[int, int] | None) -> int:
+    """Return the imdecode flag with the largest reduction that keeps ``min_size`` (height, width)."""
+    if min_size is not None:
+        min_height, min_width = min_size
+        for denominator, flag in _REDUCED_COLOR_FLAGS:
+            # libjpeg rounds scaled dimensions up.
+            if -(-width // denominator) >= min_width and -(-height // denominator) >= min_height:
+                return flag
+    return cv2.IMREAD_COLOR
+
+
+def _decode_with_opencv(data: bytes, flag: int = cv2.IMREAD_COLOR) -> np.ndarray | None:
+    # The colour flags (IMREAD_COLOR and the IMREAD_REDUCED_COLOR_* ones) apply EXIF orientation
+    # and convert grayscale and CMYK to 3 channels.
+    bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     if bgr is None:
         return None
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

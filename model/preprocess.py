@@ -19,11 +19,17 @@ from model.letterbox import CropSettings, crop_letterbox
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The network's input: ``height`` x ``width`` pixels, 3 channels (RGB) or 1 (grayscale)."""
+    """The network's input: ``height`` x ``width`` pixels, 3 channels (RGB) or 1 (grayscale).
+
+    ``jpeg_dct_scaling`` decodes large JPEGs at a reduced scale that still covers the input
+    size (see ``decode_image``). Versions trained before the field existed decoded at full
+    size, so a manifest without it reads as False.
+    """
 
     height: int = 126
     width: int = 224
     channels: int = 3
+    jpeg_dct_scaling: bool = True
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -38,7 +44,10 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, values: dict) -> "InputSpec":
-        return cls(height=int(values["height"]), width=int(values["width"]), channels=int(values["channels"]))
+        return cls(
+            height=int(values["height"]), width=int(values["width"]), channels=int(values["channels"]),
+            jpeg_dct_scaling=bool(values.get("jpeg_dct_scaling", False)),
+        )
 
 
 def resize_for_network(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
@@ -48,6 +57,10 @@ def resize_for_network(rgb: np.ndarray, spec: InputSpec) -> np.ndarray:
     # 120x90 thumbnail uses bilinear interpolation.
     shrinking = width >= spec.width and height >= spec.height
     interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    if spec.jpeg_dct_scaling and shrinking and width < 2 * spec.width and height < 2 * spec.height:
+        # Below a 2x reduction, bilinear interpolation already reads every source pixel, and
+        # it is four times faster than INTER_AREA at a ratio that is not a whole number.
+        interpolation = cv2.INTER_LINEAR
     resized = cv2.resize(rgb, (spec.width, spec.height), interpolation=interpolation)
     if spec.channels == 1:
         resized = cv2.cvtColor(resized, cv2.COLOR_RGB2GRAY)[:, :, np.newaxis]
@@ -65,7 +78,8 @@ def preprocess_bytes(
     Raises:
         ImageDecodeError: the bytes are not a usable image.
     """
-    rgb = decode_image(data, name)
+    min_size = (spec.height, spec.width) if spec.jpeg_dct_scaling else None
+    rgb = decode_image(data, name, min_size=min_size)
     return resize_for_network(crop_letterbox(rgb, crop), spec)
 
 

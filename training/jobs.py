@@ -88,12 +88,13 @@ def train_project(project_id: int) -> dict:
 
 
 def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
+    from model.network import DEFAULT_ARCHITECTURE
     from training.dataset import build_dataset_from_downloads
     from training.trainer import TrainingOptions, train_version
 
     started = time.monotonic()
     report({"stage": "pulling"})
-    snapshot = pull_project(make_client(settings), project_id)
+    snapshot = pull_project(make_client(settings), project_id, base_url=settings.label_studio_url)
     config = parse_label_config(snapshot.label_config)
     tasks, export_report = labelled_tasks_from_rows(
         snapshot.tasks, config, settings.exclusive_choice, source=f"project {project_id}"
@@ -112,9 +113,12 @@ def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
     lineage = lineage_for_project(project_id)
     own_current = store.current_version(lineage)
     parent = store.resolve(lineage)
+    # A warm start keeps the parent's network and preprocessing, so the weights fit the input.
+    architecture = DEFAULT_ARCHITECTURE
     if parent is not None:
         manifest = store.manifest(parent)
         spec, crop = InputSpec.from_dict(manifest.input), CropSettings.from_dict(manifest.crop)
+        architecture = manifest.architecture
     else:
         spec, crop = InputSpec(), CropSettings()
 
@@ -128,7 +132,7 @@ def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
     if dataset.dropped:
         logger.warning("job %s: dropped tasks: %s; examples %s", job_id, dict(dataset.dropped), dataset.examples)
 
-    options = TrainingOptions(epochs=settings.train_epochs)
+    options = TrainingOptions(architecture=architecture, epochs=settings.train_epochs)
     outcome = train_version(
         dataset, store, lineage, settings.exclusive_choice, options, parent=parent,
         source={"project": project_id, "job": job_id, "labelled_tasks": len(tasks)},
