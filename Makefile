@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install run train test bench lock clean
+.PHONY: install run train test bench bench-research lock clean
 
 install: $(STAMP)
 
@@ -26,14 +26,44 @@ train: $(STAMP)
 		echo "usage: make train EXPORT=FILE IMAGES=DIR   (a Label Studio export and its images)"; exit 2; fi
 	$(BIN)/thumbnail-ml train --export "$(EXPORT)" --images "$(IMAGES)"
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Benchmarks are not tests: they take tens of minutes and write their figures to bench/results/.
+# tests/e2e/test_browser_e2e.py drives Debian's chromium package through Playwright, because
+# Playwright's own browser download is not used. The install took 16 s on a 2-core machine,
+# apt-get update included.
+.PHONY: chromium demo
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@if [ ! -x $(CHROMIUM) ]; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium; \
+		else \
+			echo "$(CHROMIUM) is missing. Install it as root, then rerun make:"; \
+			echo "  sudo apt-get update && sudo apt-get install -y --no-install-recommends chromium"; \
+			exit 1; \
+		fi; \
+	fi
+
+# A local Label Studio with a project over the images in IMAGES, connected to the backend and a
+# training worker; Ctrl-C stops everything. EXPORT=FILE trains a first model when none exists.
+demo: $(STAMP)
+	@if [ -z "$(IMAGES)" ]; then \
+		echo "usage: make demo IMAGES=DIR [EXPORT=FILE]   (a folder of images, and a Label Studio export of them)"; exit 2; fi
+	$(BIN)/thumbnail-ml demo --images "$(IMAGES)" $(if $(EXPORT),--export "$(EXPORT)")
+
+# Benchmarks are not tests. `bench` measures the speed targets (about 25 minutes on 2 cores),
+# saves each result in bench/results/ and writes docs/benchmarks.md from them. `bench-research`
+# reruns the longer studies behind docs/input-size.md and docs/active-learning.md.
 bench: $(STAMP)
 	$(BIN)/python bench/predict_latency.py
+	$(BIN)/python bench/concurrent_predict.py
 	$(BIN)/python bench/preannotate_throughput.py
+	$(BIN)/python bench/training_speed.py
 	$(BIN)/python bench/learning_loop.py
+	$(BIN)/python bench/write_benchmarks.py
+
+bench-research: $(STAMP)
 	$(BIN)/python bench/input_size.py
 	$(BIN)/python bench/active_learning.py
 
