@@ -33,11 +33,13 @@ CANDIDATES = [
     ("shallownet3 72x128 RGB", "shallownet3", 72, 128, 3),
     ("shallownet3 126x224 gray", "shallownet3", 126, 224, 1),
     ("shallownet3 126x224 RGB", "shallownet3", 126, 224, 3),
+    ("shallownet3-narrow 126x224 RGB", "shallownet3-narrow", 126, 224, 3),
     ("shallownet3 180x320 RGB", "shallownet3", 180, 320, 3),
 ]
 
 
-def run(epochs: int, seeds: list[int]) -> list[dict]:
+def run(epochs: int, seeds: list[int], candidates: list[tuple] = CANDIDATES) -> list[dict]:
+    """Train every (label, architecture, height, width, channels) candidate once per seed."""
     from model import network
     from training.trainer import TrainingOptions, fit
 
@@ -51,7 +53,7 @@ def run(epochs: int, seeds: list[int]) -> list[dict]:
     index = ImageIndex(THUMBNAIL_IMAGES)
 
     rows = []
-    for label, architecture, height, width, channels in CANDIDATES:
+    for label, architecture, height, width, channels in candidates:
         spec = InputSpec(height, width, channels)
         dataset = build_dataset(tasks, index, list(config.choices), spec, CropSettings())
         train, validation = dataset.split()
@@ -74,10 +76,10 @@ def run(epochs: int, seeds: list[int]) -> list[dict]:
     return rows
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], candidates: list[tuple] = CANDIDATES) -> str:
     lines = ["| candidate | parameters | val macro-AP (mean over seeds) | per seed | median epoch (s) |",
              "|---|---:|---:|---|---:|"]
-    for label, *_ in CANDIDATES:
+    for label, *_ in candidates:
         mine = [row for row in rows if row["candidate"] == label]
         aps = [row["best_val_macro_ap"] for row in mine]
         lines.append(

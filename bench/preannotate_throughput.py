@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.common import save_result  # noqa: E402
 from bench.predict_latency import ensure_model  # noqa: E402
 from model.decode import decode_image  # noqa: E402
 from tests.support import REPO_ROOT, THUMBNAILS  # noqa: E402
@@ -55,12 +55,10 @@ def main() -> None:
         started = time.perf_counter()
         summary = preannotate(settings, None, version=version, source=ListTaskSource(tasks), writer=sink)
         elapsed = time.perf_counter() - started
-    result = {"model_version": version, "cpus": os.cpu_count(), "tasks": len(tasks),
-              "distinct_images": len(images), "predicted": summary.predicted, "failed": summary.to_dict()["failed"],
+    result = {"model_version": version, "tasks": len(tasks), "distinct_images": len(images),
+              "predicted": summary.predicted, "failed": summary.to_dict()["failed"],
               "seconds": round(elapsed, 2), "tasks_per_second": round(summary.predicted / elapsed, 1)}
-    results = REPO_ROOT / "bench" / "results"
-    results.mkdir(exist_ok=True)
-    (results / "preannotate_throughput.json").write_text(json.dumps(result, indent=2))
+    save_result("preannotate_throughput", result)
     print(json.dumps(result, indent=2))
 
 

@@ -4,7 +4,9 @@ Starts the real server (``thumbnail-ml serve``, gunicorn, 1 worker, 2 threads) o
 with the images' folder mounted as Label Studio's local-files root, so each request reads a
 480x360 JPEG from disk, decodes, crops, resizes and predicts it. Sends sequential requests on
 one keep-alive connection and reports p50 and p99, the resident memory of the serving
-processes afterwards, and the time from start to the first prediction.
+processes afterwards, and the time from start to the first prediction. Then, in the same run,
+it sends the same requests to the naive baseline (bench/naive_server.py: Flask's server and
+Keras ``model.predict`` per request, same model version) and reports the ratios.
 
     .venv/bin/python bench/predict_latency.py [--requests 1000] [--model-dir DIR]
 
@@ -28,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import requests  # noqa: E402
 
+from bench.common import save_result  # noqa: E402
 from model.label_config import default_label_config_xml  # noqa: E402
 from model.store import ModelStore  # noqa: E402
-from tests.servers import start_backend  # noqa: E402
+from tests.servers import free_port, start_backend  # noqa: E402
 from tests.support import REPO_ROOT, THUMBNAILS, write_json_min_export  # noqa: E402
 
 IMAGE = "images/basile-bron__Thumbnail-clickbait-detection/0.0_-qggDCWJYjk.jpg"  # 480x360, letterboxed
@@ -80,12 +83,69 @@ def percentile(values: list[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(share * (len(ordered) - 1))))]
 
 
-def measure(model_dir: Path, count: int) -> dict:
-    body = {
-        "tasks": [{"id": 1, "data": {"image": f"/data/local-files/?d={IMAGE}"}}],
-        "project": "1.1796413751",
-        "label_config": default_label_config_xml(),
+REQUEST_BODY = {
+    "tasks": [{"id": 1, "data": {"image": f"/data/local-files/?d={IMAGE}"}}],
+    "project": "1.1796413751",
+    "label_config": default_label_config_xml(),
+}
+WARM_UP_REQUESTS = 20
+
+
+def time_requests(url: str, count: int, body: dict = REQUEST_BODY) -> list[float]:
+    """Send ``count`` sequential requests on one connection after a warm-up; returns milliseconds."""
+    session = requests.Session()
+    for _ in range(WARM_UP_REQUESTS):
+        session.post(f"{url}/predict", json=body, timeout=60).raise_for_status()
+    latencies = []
+    for _ in range(count):
+        begin = time.perf_counter()
+        response = session.post(f"{url}/predict", json=body, timeout=60)
+        latencies.append((time.perf_counter() - begin) * 1000)
+        response.raise_for_status()
+    return latencies
+
+
+def summarise(latencies: list[float]) -> dict:
+    return {
+        "requests": len(latencies),
+        "p50_ms": round(statistics.median(latencies), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "mean_ms": round(statistics.fmean(latencies), 2),
     }
+
+
+def measure_naive(model_dir: Path, version: str, count: int) -> dict:
+    """Start the naive baseline server, time ``count`` requests and stop it."""
+    port = free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        log_path = Path(scratch) / "naive.log"
+        with open(log_path, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, str(Path(__file__).resolve().parent / "naive_server.py"), "--model-dir", str(model_dir),
+                 "--version", version, "--document-root", str(THUMBNAILS), "--port", str(port)],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    requests.get(f"{url}/health", timeout=1).raise_for_status()
+                    break
+                except requests.RequestException:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the naive server did not start:\n{log_path.read_text()[-2000:]}")
+                    time.sleep(0.5)
+            latencies = time_requests(url, count)
+            rss = process_tree_rss_mb(process.pid)
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    return {**summarise(latencies), "rss_mb": round(max(rss.values()), 1)}
+
+
+def measure(model_dir: Path, count: int) -> dict:
+    body = REQUEST_BODY
     with tempfile.TemporaryDirectory() as scratch:
         env = {"MODEL_DIR": str(model_dir), "LOCAL_FILES_DOCUMENT_ROOT": str(THUMBNAILS),
                "LABEL_STUDIO_URL": "", "LABEL_STUDIO_API_KEY": "", "IMAGE_CACHE_DIR": str(Path(scratch) / "cache"),
@@ -98,22 +158,12 @@ def measure(model_dir: Path, count: int) -> dict:
         first.raise_for_status()
         assert first.json()["results"][0]["result"], first.text
         try:
-            for _ in range(20):
-                session.post(f"{server.url}/predict", json=body, timeout=30)
-            latencies = []
-            for _ in range(count):
-                begin = time.perf_counter()
-                response = session.post(f"{server.url}/predict", json=body, timeout=30)
-                latencies.append((time.perf_counter() - begin) * 1000)
-                response.raise_for_status()
+            latencies = time_requests(server.url, count, body)
             rss = process_tree_rss_mb(server.process.pid)
         finally:
             server.stop()
     return {
-        "requests": count,
-        "p50_ms": round(statistics.median(latencies), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
-        "mean_ms": round(statistics.fmean(latencies), 2),
+        **summarise(latencies),
         "startup_to_first_prediction_s": round(startup_s, 2),
         "rss_mb_by_process": {str(pid): round(mb, 1) for pid, mb in rss.items()},
         "rss_mb_largest_process": round(max(rss.values()), 1),
@@ -123,13 +173,18 @@ def measure(model_dir: Path, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
+    parser.add_argument("--baseline-requests", type=int, help="requests to the naive server (default: --requests)")
     parser.add_argument("--model-dir", type=Path, default=REPO_ROOT / "bench" / "results" / "models")
     args = parser.parse_args()
     version = ensure_model(args.model_dir)
-    result = {"model_version": version, "cpus": os.cpu_count(), **measure(args.model_dir, args.requests)}
-    results = Path(__file__).resolve().parent / "results"
-    results.mkdir(exist_ok=True)
-    (results / "predict_latency.json").write_text(json.dumps(result, indent=2))
+    ours = measure(args.model_dir, args.requests)
+    naive = measure_naive(args.model_dir, version, args.baseline_requests or args.requests)
+    result = {
+        "model_version": version, **ours, "naive": naive,
+        "p50_speedup": round(naive["p50_ms"] / ours["p50_ms"], 1),
+        "p99_speedup": round(naive["p99_ms"] / ours["p99_ms"], 1),
+    }
+    save_result("predict_latency", result)
     print(json.dumps(result, indent=2))
 
 
