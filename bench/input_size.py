@@ -33,7 +33,7 @@ CANDIDATES = [
     ("shallownet3 72x128 RGB", "shallownet3", 72, 128, 3),
     ("shallownet3 126x224 gray", "shallownet3", 126, 224, 1),
     ("shallownet3 126x224 RGB", "shallownet3", 126, 224, 3),
-    ("shallownet3-narrow 126x224 RGB", "shallownet3-narrow", 126, 224, 3),
+    ("shallownet3-separable 126x224 RGB", "shallownet3-separable", 126, 224, 3),
     ("shallownet3 180x320 RGB", "shallownet3", 180, 320, 3),
 ]
 
@@ -52,15 +52,20 @@ def run(epochs: int, seeds: list[int], candidates: list[tuple] = CANDIDATES) -> 
         tasks, _ = read_export(export, config, "None")
     index = ImageIndex(THUMBNAIL_IMAGES)
 
-    rows = []
+    splits = {}
     for label, architecture, height, width, channels in candidates:
         spec = InputSpec(height, width, channels)
-        dataset = build_dataset(tasks, index, list(config.choices), spec, CropSettings())
-        train, validation = dataset.split()
-        for seed in seeds:
+        splits[label] = build_dataset(tasks, index, list(config.choices), spec, CropSettings()).split()
+
+    # Seeds form the outer loop, so a change in the load from other processes during the run
+    # falls on every candidate alike instead of on whichever trains at that moment.
+    rows = []
+    for seed in seeds:
+        for label, architecture, height, width, channels in candidates:
+            train, validation = splits[label]
             keras.utils.set_random_seed(seed)
             options = TrainingOptions(architecture=architecture, epochs=epochs, patience=epochs, seed=seed)
-            model = network.build_model(architecture, spec.shape, len(config.choices))
+            model = network.build_model(architecture, (height, width, channels), len(config.choices))
             started = time.monotonic()
             history = fit(model, train, validation, options, options.learning_rate)
             elapsed = time.monotonic() - started

@@ -7,6 +7,7 @@ A row whose script has not run yet says so instead of showing a figure.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -153,6 +154,7 @@ def render() -> str:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     DOC.write_text(render())
     print(f"wrote {DOC}")
 

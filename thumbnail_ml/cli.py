@@ -373,9 +373,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--images", required=True, type=Path, help="folder with the tasks' image files (searched recursively)")
     sub.add_argument("--label-config", type=Path, help="labeling config XML (default: LABEL_CONFIG or the shipped config)")
     add_project(sub)
-    sub.add_argument("--architecture", default="shallownet3-narrow",
-                     choices=["shallownet", "shallownet2", "shallownet3", "shallownet3-narrow"],
-                     help="network of the ShallowNet family (default: shallownet3-narrow)")
+    sub.add_argument("--architecture", default="shallownet3-separable",
+                     choices=["shallownet", "shallownet2", "shallownet3", "shallownet3-separable"],
+                     help="network of the ShallowNet family (default: shallownet3-separable)")
     sub.add_argument("--input-size", default="126x224", help="network input as HEIGHTxWIDTH pixels (default: 126x224)")
     sub.add_argument("--grayscale", action="store_true", help="train on grayscale instead of RGB")
     sub.add_argument("--epochs", type=int, default=60, help="maximum epochs; early stopping usually ends sooner (default: 60)")
