@@ -51,6 +51,10 @@ class VersionNotFound(StoreError):
     """The requested version does not exist in the store."""
 
 
+class StoreWriteError(StoreError, OSError):
+    """Writing to the store failed (disk full, read-only); the message names MODEL_DIR and the cause."""
+
+
 def lineage_for_project(project_id: int | str | None) -> str:
     """Return the lineage name of a Label Studio project id, or the default lineage for None."""
     if project_id is None:
@@ -214,47 +218,74 @@ class ModelStore:
             The manifest as stored.
         """
         staging_dir = Path(staging_dir)
-        with self._locked(lineage):
-            files = {}
-            for path in sorted(staging_dir.iterdir()):
-                if path.is_file() and path.name != MANIFEST_FILE:
-                    with open(path, "rb") as handle:
-                        os.fsync(handle.fileno())
-                    files[path.name] = _sha256(path)
-            if "model.tflite" not in files:
-                raise StoreError(f"cannot publish {staging_dir}: it has no model.tflite serving export")
+        try:
+            with self._locked(lineage):
+                return self._publish_locked(lineage, staging_dir, manifest, make_current)
+        except StoreWriteError:
+            raise
+        except OSError as error:
+            raise self.write_error(lineage, error) from error
 
-            existing = [parse_version(m.version)[1] for m in self.versions(lineage)]
-            number = max(existing, default=0) + 1
-            manifest.lineage = lineage
-            manifest.files = files
-            manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            # The digest covers the weights and everything that changes predictions, so the
-            # same id always means the same behaviour.
-            identity = json.dumps(
-                {"files": files, "classes": manifest.classes, "thresholds": manifest.thresholds,
-                 "input": manifest.input, "crop": manifest.crop},
-                sort_keys=True,
-            )
-            digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
-            manifest.version = f"{lineage}-v{number}-{digest}"
+    def write_error(self, lineage: str, error: OSError) -> StoreWriteError:
+        """Describe a failed write of a new version (disk full, read-only) with MODEL_DIR and the cause.
 
-            manifest_path = staging_dir / MANIFEST_FILE
-            with open(manifest_path, "w", encoding="utf-8") as handle:
-                handle.write(manifest.to_json())
-                handle.flush()
-                os.fsync(handle.fileno())
-            _fsync_dir(staging_dir)
+        The raw OSError of a ``write()`` call names neither the directory nor the way out.
+        """
+        where = f" ({error.filename})" if error.filename else ""
+        return StoreWriteError(
+            f"cannot write a new version of {lineage} to MODEL_DIR {self.root}: {error.strerror or error}{where}. "
+            f"The lineage still serves {self.current_version(lineage) or 'no version'}; free space or make "
+            f"{self.root} writable, then train again"
+        )
 
-            versions_dir = self.lineage_dir(lineage) / "versions"
-            versions_dir.mkdir(parents=True, exist_ok=True)
-            target = versions_dir / manifest.version
-            os.rename(staging_dir, target)
+    def _publish_locked(self, lineage: str, staging_dir: Path, manifest: Manifest, make_current: bool) -> Manifest:
+        files = {}
+        for path in sorted(staging_dir.iterdir()):
+            if path.is_file() and path.name != MANIFEST_FILE:
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+                files[path.name] = _sha256(path)
+        if "model.tflite" not in files:
+            raise StoreError(f"cannot publish {staging_dir}: it has no model.tflite serving export")
+
+        existing = [parse_version(m.version)[1] for m in self.versions(lineage)]
+        number = max(existing, default=0) + 1
+        manifest.lineage = lineage
+        manifest.files = files
+        manifest.created_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        # The digest covers the weights and everything that changes predictions, so the
+        # same id always means the same behaviour.
+        identity = json.dumps(
+            {"files": files, "classes": manifest.classes, "thresholds": manifest.thresholds,
+             "input": manifest.input, "crop": manifest.crop},
+            sort_keys=True,
+        )
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:8]
+        manifest.version = f"{lineage}-v{number}-{digest}"
+
+        manifest_path = staging_dir / MANIFEST_FILE
+        with open(manifest_path, "w", encoding="utf-8") as handle:
+            handle.write(manifest.to_json())
+            handle.flush()
+            os.fsync(handle.fileno())
+        _fsync_dir(staging_dir)
+
+        versions_dir = self.lineage_dir(lineage) / "versions"
+        versions_dir.mkdir(parents=True, exist_ok=True)
+        target = versions_dir / manifest.version
+        os.rename(staging_dir, target)
+        try:
             _fsync_dir(versions_dir)
             logger.info("stored model version %s (parent %s)", manifest.version, manifest.parent)
-
             if make_current:
                 self._set_current(lineage, manifest.version, action="publish")
+        except OSError:
+            # CURRENT still names the previous version: move the new one back out of
+            # versions/, so a failed publish leaves no version behind. NOTE: where this rename
+            # fails too (a disk remounted read-only), the complete version stays, not current.
+            with contextlib.suppress(OSError):
+                os.rename(target, staging_dir)
+            raise
         return manifest
 
     def rollback(self, version: str) -> str | None:
@@ -270,21 +301,31 @@ class ModelStore:
         directory = self.lineage_dir(lineage)
         previous = self.current_version(lineage)
         temporary = directory / f".CURRENT.{os.getpid()}.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            handle.write(version + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, directory / "CURRENT")
-        _fsync_dir(directory)
+        try:
+            with open(temporary, "w", encoding="utf-8") as handle:
+                handle.write(version + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, directory / "CURRENT")
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        logger.info("lineage %s now serves %s (%s, was %s)", lineage, version, action, previous)
+        # CURRENT is switched, so from here on an error must not fail the publish: the caller
+        # would report a failure while the new version is served.
         entry = {
             "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "action": action,
             "version": version,
             "previous": previous,
         }
-        with open(directory / "history.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(entry) + "\n")
-        logger.info("lineage %s now serves %s (%s, was %s)", lineage, version, action, previous)
+        try:
+            _fsync_dir(directory)
+            with open(directory / "history.jsonl", "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        except OSError as error:
+            logger.error("lineage %s serves %s, but its history.jsonl was not updated: %s", lineage, version, error)
 
     def load_predictor(self, version: str, num_threads: int = 1):
         """Load a version for serving with the LiteRT runtime (no TensorFlow)."""

@@ -16,6 +16,12 @@ import requests
 from tests.support import REPO_ROOT
 
 STARTUP_TIMEOUT_S = 60.0
+# Environment variables whose values must never appear in a log.
+SECRET_ENV_NAMES = ("LABEL_STUDIO_API_KEY", "BASIC_AUTH_PASS")
+# Every log file written by a process started here, and the secret values each process got.
+# The e2e session checks them all for leaked secrets (tests/e2e/test_zz_log_secrets_e2e.py).
+STARTED_LOGS: list[Path] = []
+STARTED_SECRETS: set[str] = set()
 
 
 def free_port() -> int:
@@ -46,10 +52,16 @@ class BackendProcess:
                 self.process.wait(timeout=10)
 
 
+def _register_log(env: dict[str, str], log_path: Path) -> None:
+    STARTED_LOGS.append(Path(log_path))
+    STARTED_SECRETS.update(env[name] for name in SECRET_ENV_NAMES if env.get(name))
+
+
 def start_backend(env: dict[str, str], log_path: Path, port: int | None = None) -> BackendProcess:
     """Start the server with ``env`` added to this process's environment and wait for /health."""
     port = port or free_port()
     full_env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), **env}
+    _register_log(full_env, log_path)
     handle = open(log_path, "wb")
     process = subprocess.Popen(
         [sys.executable, "-m", "thumbnail_ml", "serve"], cwd=REPO_ROOT, env=full_env,
@@ -57,12 +69,14 @@ def start_backend(env: dict[str, str], log_path: Path, port: int | None = None) 
     )
     handle.close()
     server = BackendProcess(process, f"http://127.0.0.1:{port}", log_path)
+    credentials = full_env.get("BASIC_AUTH_USER"), full_env.get("BASIC_AUTH_PASS")
+    auth = credentials if all(credentials) else None
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"backend exited with {process.returncode}:\n{server.log()[-3000:]}")
         try:
-            if requests.get(f"{server.url}/health", timeout=1).ok:
+            if requests.get(f"{server.url}/health", timeout=1, auth=auth).ok:
                 return server
         except requests.RequestException:
             pass
@@ -71,11 +85,16 @@ def start_backend(env: dict[str, str], log_path: Path, port: int | None = None) 
     raise RuntimeError(f"backend did not answer /health within {STARTUP_TIMEOUT_S} s:\n{server.log()[-3000:]}")
 
 
-def start_worker(env: dict[str, str], log_path: Path) -> BackendProcess:
-    """Start ``thumbnail-ml worker`` with ``env`` added to this process's environment."""
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> BackendProcess:
+    """Start ``thumbnail-ml worker`` with ``env`` added to this process's environment.
+
+    ``args`` are added to the command line, for example ``--burst``.
+    """
+    full_env = {**os.environ, **env}
+    _register_log(full_env, log_path)
     handle = open(log_path, "wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "thumbnail_ml", "worker"], cwd=REPO_ROOT, env={**os.environ, **env},
+        [sys.executable, "-m", "thumbnail_ml", "worker", *args], cwd=REPO_ROOT, env=full_env,
         stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
     )
     handle.close()

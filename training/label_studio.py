@@ -58,40 +58,49 @@ def make_client(settings: Settings) -> LabelStudio:
                        timeout=REQUEST_TIMEOUT_S)
 
 
-def _retrying(description: str, call, attempts: int = ATTEMPTS, backoff: float = BACKOFF_S):
-    """Run ``call`` and retry network errors and 5xx responses with exponential backoff."""
+def _retrying(description: str, call, attempts: int = ATTEMPTS, backoff: float = BACKOFF_S,
+              base_url: str | None = None):
+    """Run ``call`` and retry network errors and 5xx responses with exponential backoff.
+
+    ``base_url``, when given, is the Label Studio address that the final error names.
+    """
     for attempt in range(1, attempts + 1):
         try:
             return call()
         except (httpx.TransportError, ApiError) as error:
             status = getattr(error, "status_code", None)
             retryable = status is None or status >= 500 or status == 429
+            # A transport error's text names the failure, for example "[Errno 111] Connection refused".
+            detail = f"HTTP {status}" if status else f"{type(error).__name__}: {error}"
             if not retryable or attempt == attempts:
-                detail = f"HTTP {status}" if status else type(error).__name__
-                raise PullError(f"{description} failed after {attempt} attempt(s): {detail}") from error
+                where = f" (Label Studio at {base_url})" if base_url else ""
+                raise PullError(f"{description} failed after {attempt} attempt(s): {detail}{where}") from error
             delay = backoff * 2 ** (attempt - 1)
             logger.warning("%s failed (%s), retrying in %.1f s (attempt %d of %d)", description,
-                           f"HTTP {status}" if status else type(error).__name__, delay, attempt, attempts)
+                           detail, delay, attempt, attempts)
             time.sleep(delay)
     raise AssertionError("unreachable")
 
 
 def pull_project(client: LabelStudio, project_id: int, page_size: int = PAGE_SIZE,
-                 attempts: int = ATTEMPTS, backoff: float = BACKOFF_S) -> ProjectSnapshot:
+                 attempts: int = ATTEMPTS, backoff: float = BACKOFF_S, base_url: str | None = None) -> ProjectSnapshot:
     """Fetch the project's labeling config and all its annotated tasks, every page.
+
+    ``base_url`` is the Label Studio address that error messages name.
 
     Raises:
         PullError: Label Studio stayed unreachable, refused the credentials, or returned fewer
             tasks than it reported.
     """
     project = _retrying(f"reading project {project_id}", lambda: client.projects.get(id=project_id),
-                        attempts, backoff)
+                        attempts, backoff, base_url)
 
     def page(number: int):
         return client.tasks.list(project=project_id, fields="all", query=ANNOTATED_FILTER, page=number,
                                  page_size=page_size)
 
-    first = _retrying(f"reading page 1 of project {project_id}'s tasks", lambda: page(1), attempts, backoff)
+    first = _retrying(f"reading page 1 of project {project_id}'s tasks", lambda: page(1), attempts, backoff,
+                      base_url)
     total = int(first.response.total)
     tasks: dict[int, dict] = {}
     for task in first.items or []:
@@ -99,7 +108,7 @@ def pull_project(client: LabelStudio, project_id: int, page_size: int = PAGE_SIZ
     pages = max(1, math.ceil(total / page_size))
     for number in range(2, pages + 1):
         result = _retrying(f"reading page {number} of {pages} of project {project_id}'s tasks",
-                           lambda number=number: page(number), attempts, backoff)
+                           lambda number=number: page(number), attempts, backoff, base_url)
         for task in result.items or []:
             tasks[task.id] = _as_dict(task)
     if len(tasks) < total:

@@ -19,8 +19,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -62,6 +61,8 @@ class TrainingOptions:
         learning_rate: Adam's step size (lower it for warm starts, see ``warm_learning_rate``).
         warm_learning_rate: Adam's step size when continuing from a parent version.
         patience: epochs without a better validation macro-AP before stopping.
+        warm_patience: ``patience`` when continuing from a parent version, which starts
+            near its best and needs fewer epochs to show a plateau.
         seed: seed of weight initialisation, shuffling and augmentation.
         tolerance: how much lower than the parent's macro-AP a new version may score and
             still be published.
@@ -74,6 +75,7 @@ class TrainingOptions:
     learning_rate: float = 3e-3
     warm_learning_rate: float = 1e-3
     patience: int = 15
+    warm_patience: int = 8
     seed: int = 1
     tolerance: float = 0.01
     from_scratch: bool = False
@@ -257,10 +259,12 @@ def train_version(
             logger.warning("parent version %s not found; training from scratch", parent)
             parent = None
     model, start = _warm_start_model(store, parent, dataset, options)
-    learning_rate = options.warm_learning_rate
     if model is None:
         model = network.build_model(options.architecture, dataset.spec.shape, len(dataset.classes))
         learning_rate = options.learning_rate
+    else:
+        learning_rate = options.warm_learning_rate
+        options = replace(options, patience=min(options.patience, options.warm_patience))
     logger.info("training %s on %d images, validating on %d: %s", options.architecture, len(train),
                 len(validation), start)
 
@@ -268,12 +272,18 @@ def train_version(
     history = fit(model, train, validation, options, learning_rate, progress)
     training_seconds = time.monotonic() - started
 
-    staging = store.create_staging_dir()
+    try:
+        staging = store.create_staging_dir()
+    except OSError as error:
+        raise store.write_error(lineage, error) from error
     try:
         if progress:
             progress({"stage": "exporting"})
-        model.save(staging / KERAS_FILE)
-        export_litert(model, staging / SERVING_FILE)
+        try:
+            model.save(staging / KERAS_FILE)
+            export_litert(model, staging / SERVING_FILE)
+        except OSError as error:
+            raise store.write_error(lineage, error) from error
         difference = check_agreement(model, staging / SERVING_FILE, validation.pixels)
 
         # Thresholds and metrics come from the serving export's outputs: that is what users get.

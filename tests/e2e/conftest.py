@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from label_studio_sdk import LabelStudio
 
+from tests.servers import STARTED_LOGS, STARTED_SECRETS
+
 from .label_studio import (
     LabelStudioInstance,
     create_sdk_client,
@@ -27,6 +29,49 @@ logger = logging.getLogger(__name__)
 
 E2E_DIR = Path(__file__).resolve().parent
 SKIP_E2E_VALUES = frozenset({"1", "true", "yes"})
+
+
+class LogSecrets:
+    """The log files written during the session and the secret values none of them may contain.
+
+    The Label Studio fixtures add their server's log, admin password, legacy token and PAT.
+    Backends and workers started through ``tests.servers`` add their logs and their
+    ``LABEL_STUDIO_API_KEY`` and ``BASIC_AUTH_PASS`` values there. ``test_zz_log_secrets_e2e.py``
+    sorts last in this directory, so it runs after every other e2e module and reads them all.
+    """
+
+    def __init__(self) -> None:
+        self._logs: list[Path] = []
+        self._secrets: dict[str, str] = {}
+
+    def add_label_studio(self, instance: LabelStudioInstance, name: str) -> None:
+        self._logs.append(instance.log_path)
+        for kind, value in (("admin password", instance.password), ("legacy token", instance.legacy_token),
+                            ("personal access token", instance.pat)):
+            if value:
+                self._secrets[value] = f"{name}'s {kind}"
+
+    def add_secret(self, value: str, description: str) -> None:
+        self._secrets[value] = description
+
+    def logs(self) -> list[Path]:
+        """Return every registered log file, in registration order, without repeats."""
+        return list(dict.fromkeys([*self._logs, *STARTED_LOGS]))
+
+    def secrets(self) -> dict[str, str]:
+        """Return secret value -> what it is (for messages that name the secret, never show it)."""
+        started = {value: "a LABEL_STUDIO_API_KEY or BASIC_AUTH_PASS given to a started process"
+                   for value in STARTED_SECRETS}
+        return {**started, **self._secrets}
+
+
+LOG_SECRETS = LogSecrets()
+
+
+@pytest.fixture(scope="session")
+def log_secrets() -> LogSecrets:
+    """The session's registry of log files and secret values, see ``LogSecrets``."""
+    return LOG_SECRETS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -80,6 +125,7 @@ def label_studio(
         data_dir=tmp_path_factory.mktemp("label-studio-data"),
         document_root=label_studio_document_root,
     )
+    LOG_SECRETS.add_label_studio(server.instance, "the shared Label Studio")
     try:
         yield server.instance
     finally:
@@ -102,6 +148,7 @@ def label_studio_legacy(
         data_dir=tmp_path_factory.mktemp("label-studio-legacy-data"),
         document_root=tmp_path_factory.mktemp("label-studio-legacy-files"),
     )
+    LOG_SECRETS.add_label_studio(server.instance, "the legacy-token Label Studio")
     try:
         yield server.instance
     finally:
