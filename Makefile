@@ -61,6 +61,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/preannotate_throughput.py
 	$(BIN)/python bench/training_speed.py
 	$(BIN)/python bench/learning_loop.py
+	$(BIN)/python bench/components.py
 	$(BIN)/python bench/write_benchmarks.py
 
 bench-research: $(STAMP)

@@ -39,6 +39,8 @@ from training.exports import read_export  # noqa: E402
 # this set (docs/input-size.md), which keeps dozens of trainings affordable.
 SPEC = InputSpec(72, 128, 3)
 EPOCHS = 15
+# The network of the recorded run in docs/active-learning.md.
+ARCHITECTURE = "shallownet3"
 
 
 def load():
@@ -59,7 +61,7 @@ def train_and_score(train, validation, classes, seed: int):
     from training.trainer import TrainingOptions, fit
 
     keras.utils.set_random_seed(seed)
-    options = TrainingOptions(epochs=EPOCHS, patience=EPOCHS, seed=seed)
+    options = TrainingOptions(architecture=ARCHITECTURE, epochs=EPOCHS, patience=EPOCHS, seed=seed)
     model = network.build_model(options.architecture, SPEC.shape, len(classes))
     fit(model, train, validation, options, options.learning_rate)
     val_probabilities = model.predict(validation.pixels.astype(np.float32), verbose=0)

@@ -23,6 +23,7 @@ SCRIPTS = {
     "training_speed": "bench/training_speed.py",
     "learning_loop": "bench/learning_loop.py",
     "concurrent_predict": "bench/concurrent_predict.py",
+    "components": "bench/components.py",
 }
 
 
@@ -108,6 +109,21 @@ def p6_row(load: dict | None) -> str:
             f"| {verdict(errors == 0)} |")
 
 
+def components_section(components: dict | None) -> list[str]:
+    """Render the per-step timings of bench/components.py as two tables."""
+    if components is None:
+        return ["bench/components.py has not run yet."]
+    lines = [f"One thread, best of three passes over {components['images']} real 480x360 thumbnails:", "",
+             "| preprocessing step | ms per image |", "|---|---:|"]
+    lines += [f"| {step} | {ms} |" for step, ms in components["preprocessing_ms"].items()]
+    lines += ["", "LiteRT forward pass at the default input size, one thread:", "",
+              "| network | parameters | batch of 1, ms per image | batch of 32, ms per image |", "|---|---:|---:|---:|"]
+    for name, row in components["litert_forward"].items():
+        lines.append(f"| {name} | {row['parameters']:,} | {row['batch 1, ms per image']} "
+                     f"| {row['batch 32, ms per image']} |")
+    return lines
+
+
 def render() -> str:
     results = {name: load(name) for name in SCRIPTS}
     hardware = machine()
@@ -131,6 +147,10 @@ def render() -> str:
         *p4_rows(results["learning_loop"]),
         p5_row(results["predict_latency"]),
         p6_row(results["concurrent_predict"]),
+        "",
+        "## Where the time goes",
+        "",
+        *components_section(results["components"]),
         "",
         "## Commands and conditions",
         "",
