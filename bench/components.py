@@ -1,10 +1,10 @@
 """Where the time of one prediction goes: preprocessing steps and the network, per image.
 
-Times each step on the real 480x360 thumbnails, in one thread, in this one run: the JPEG
-decode at full and at DCT-reduced scale, letterbox detection, the resize, the whole
-preprocessing with and without DCT scaling, and a LiteRT forward pass (batches of 1 and
-32) of each network of the ShallowNet family at the default input size, exported from
-freshly initialised weights (the cost does not depend on the weights).
+Times each step on the real 480x360 thumbnails, in one thread, in this one run. The steps
+are the JPEG decode at full and at DCT-reduced scale, letterbox detection, the resize, and
+the whole preprocessing with and without DCT scaling. Then a LiteRT forward pass (batches
+of 1 and 32) of each network of the ShallowNet family at the default input size, exported
+from freshly initialised weights, because the cost does not depend on the weights.
 
     .venv/bin/python bench/components.py [--images 300]
 """

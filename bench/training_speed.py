@@ -6,7 +6,7 @@ convolution block into Flatten + Dense (``shallownet`` in model/network.py). The
 on the same labelled real thumbnails, the same validation split, epochs and seeds, in this
 one run, through the trainer's own ``fit``. An epoch's time includes the validation pass.
 
-    .venv/bin/python bench/training_speed.py [--epochs 20] [--seeds 1 2]
+    .venv/bin/python bench/training_speed.py [--epochs 20] [--seeds 1 2 3]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def compare(rows: list[dict], original: str, ours: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=20, help="epochs per training, without early stopping")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     args = parser.parse_args()
     candidates = [ORIGINAL, default_candidate()]
     rows = run(args.epochs, args.seeds, candidates)

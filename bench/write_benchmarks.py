@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/write_benchmarks.py
 
-A row whose script has not run yet says so instead of showing a figure.
+A row whose script has not run yet shows "not run" in place of a figure.
 """
 
 from __future__ import annotations
