@@ -1,4 +1,4 @@
-"""What every benchmark records next to its figures: the machine, the load on it and the command."""
+"""Records that every benchmark saves next to its figures: the machine, the load on it and the command."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Starts the real server (``thumbnail-ml serve`` with its default WORKERS and THREADS) on
 127.0.0.1, with the thumbnails folder as Label Studio's local-files root. Each client sends
 one task per request, cycling through the real 480x360 thumbnails, as fast as the server
-answers. Every response must be a 200 with one result holding choices; anything else counts
+responds. Every response must be a 200 with one result holding choices; anything else counts
 as an error. Reports requests per second, p50, p99, and the serving processes' resident
 memory before and after.
 
