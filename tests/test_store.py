@@ -6,6 +6,7 @@ not read the files' content. Training and serving real models is covered in test
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -103,6 +104,52 @@ def test_killed_publisher_leaves_no_partial_version(tmp_path):
     # The next publish works and does not pick up the leftover.
     second = _publish(store, payload=b"2")
     assert store.current_version(DEFAULT_LINEAGE) == second.version
+
+
+# Where a publishing process dies: right after the version directory moved into versions/,
+# and right before CURRENT is replaced (its temporary file already written).
+KILL_POINTS = {
+    "after_rename": (
+        "real = os.rename\n"
+        "def rename(source, target):\n"
+        "    real(source, target)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "store_module.os.rename = rename\n"
+    ),
+    "before_current_replace": (
+        "def replace(source, target):\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "store_module.os.replace = replace\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("kill_point", sorted(KILL_POINTS))
+def test_killed_during_publish_keeps_current(tmp_path, kill_point):
+    """SIGKILL inside ``publish`` leaves CURRENT on the old version, and a retried publish works.
+
+    What can remain is a complete version that is not current (killed after the rename),
+    never a partial one: every file matches the checksum in its manifest.
+    """
+    store = ModelStore(tmp_path)
+    first = _publish(store, payload=b"1")
+    script = (
+        "import os, signal\n"
+        "import model.store as store_module\n"
+        "from tests.test_store import _publish\n"
+        + KILL_POINTS[kill_point]
+        + f"_publish(store_module.ModelStore({str(tmp_path)!r}), payload=b'2')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT)
+
+    assert result.returncode == -9
+    assert store.current_version(DEFAULT_LINEAGE) == first.version
+    for manifest in store.versions(DEFAULT_LINEAGE):
+        version_dir = store.version_dir(manifest.version)
+        for name, digest in manifest.files.items():
+            assert hashlib.sha256((version_dir / name).read_bytes()).hexdigest() == digest, (manifest.version, name)
+    retried = _publish(store, payload=b"3")
+    assert store.current_version(DEFAULT_LINEAGE) == retried.version
 
 
 def test_publish_without_serving_export_rejected(tmp_path):
