@@ -71,10 +71,24 @@ class DemoRun:
         finally:
             self._reader.join(timeout=5)
 
-    def kill(self) -> None:
+    def stop(self, started: dict[int, tuple[int, str]]) -> None:
+        """Stop the demo after a failed check: SIGINT first, then SIGKILL for what it left running.
+
+        Killing only the demo process would orphan Label Studio, the backend, the worker and
+        Redis, which run in process groups of their own.
+        """
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        for pid in started:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _processes() -> dict[int, tuple[int, int, str]]:
@@ -126,10 +140,9 @@ def demo_env(tmp_path) -> dict[str, str]:
     return env
 
 
-def _run_demo(images: Path, state: Path, env: dict[str, str]) -> tuple[DemoRun, list[str]]:
-    command = [sys.executable, "-m", "thumbnail_ml", "demo", "--images", str(images), "--state-dir", str(state),
-               "--port", str(free_port()), "--backend-port", str(free_port())]
-    return DemoRun(command, env), command
+def _demo_command(images: Path, state: Path, label_studio_port: int) -> list[str]:
+    return [sys.executable, "-m", "thumbnail_ml", "demo", "--images", str(images), "--state-dir", str(state),
+            "--port", str(label_studio_port), "--backend-port", str(free_port())]
 
 
 def test_demo_starts_connects_and_stops(tmp_path, demo_env):
@@ -140,11 +153,17 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
         shutil.copy(path, images / path.name)
     state = tmp_path / "state"
 
+    # Both runs use one Label Studio port, because the tasks store absolute image URLs on it.
+    # Each run gets a new backend port, which the demo reconnects.
+    label_studio_port = free_port()
     project_ids = []
     for run_number in (1, 2):
-        demo, command = _run_demo(images, state, demo_env)
+        command = _demo_command(images, state, label_studio_port)
+        demo = DemoRun(command, demo_env)
+        started: dict[int, tuple[int, str]] = {}
         try:
             base_url, project_id = demo.wait_ready()
+            started = _descendants(demo.process.pid)
             project_ids.append(project_id)
             output = demo.output()
             if run_number == 1:
@@ -169,7 +188,6 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
             webhooks = [hook.url for hook in client.webhooks.list(project=project_id)]
             assert webhooks == [f"http://127.0.0.1:{backend_url}/webhook"]
 
-            started = _descendants(demo.process.pid)
             commands = " | ".join(command for _, command in started.values())
             assert "label-studio start" in commands
             assert "thumbnail_ml serve" in commands
@@ -178,12 +196,21 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
             assert saved["password"] not in commands
 
             assert demo.interrupt() == 0, demo.output()[-4000:]
-        finally:
-            demo.kill()
+        except BaseException:
+            demo.stop(started)
+            raise
         deadline = time.monotonic() + 10
         while _left_over(started) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _left_over(started) == []
+        left_over = _left_over(started)
+        if left_over:
+            demo.stop(started)
+        assert left_over == []
         assert "stopped Label Studio" in demo.output()
 
     assert project_ids[0] == project_ids[1]
+
+    other_port = _demo_command(images, state, free_port())
+    rejected = subprocess.run(other_port, cwd=REPO_ROOT, env=demo_env, capture_output=True, text=True, timeout=120)
+    assert rejected.returncode != 0
+    assert f"--port {label_studio_port}" in rejected.stdout + rejected.stderr

@@ -59,6 +59,9 @@ class DemoState:
     pat: str | None = field(default=None, repr=False)
     # Project id by the resolved path of its image folder.
     projects: dict[str, int] = field(default_factory=dict)
+    # Label Studio stores the tasks of a local-files storage with absolute image URLs on the
+    # port of the run that created them, so later runs must use the same port.
+    label_studio_port: int | None = None
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -69,7 +72,8 @@ class DemoState:
         except (OSError, ValueError) as error:
             raise CommandError(f"cannot read the demo login from {path} ({error}): delete its directory to start over")
         return cls(email=data["email"], password=data["password"], legacy_token=data["legacy_token"],
-                   pat=data.get("pat"), projects={key: int(value) for key, value in data.get("projects", {}).items()})
+                   pat=data.get("pat"), projects={key: int(value) for key, value in data.get("projects", {}).items()},
+                   label_studio_port=data.get("label_studio_port"))
 
     def save(self, path: Path) -> None:
         """Write the state with owner-only permissions, replacing the file only once it is complete."""
@@ -77,7 +81,8 @@ class DemoState:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump({"email": self.email, "password": self.password, "legacy_token": self.legacy_token,
-                       "pat": self.pat, "projects": self.projects}, handle, indent=2)
+                       "pat": self.pat, "projects": self.projects, "label_studio_port": self.label_studio_port},
+                      handle, indent=2)
         os.replace(temporary, path)
 
 
@@ -274,6 +279,15 @@ def _stop(name: str, process: subprocess.Popen) -> None:
     logger.info("stopped %s (pid %d)", name, process.pid)
 
 
+def _newest_project_version(store: ModelStore) -> str | None:
+    """Return the current version of a project lineage, trained by an earlier run, or None."""
+    for lineage in sorted(store.lineages()):
+        version = store.current_version(lineage)
+        if version is not None:
+            return version
+    return None
+
+
 def _raise_keyboard_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
@@ -313,7 +327,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     state = _load_or_create_state(paths, args.email)
 
     store = ModelStore(paths.models)
-    version = store.resolve(DEFAULT_LINEAGE)
+    version = store.resolve(DEFAULT_LINEAGE) or _newest_project_version(store)
     if version is None and args.export is not None:
         _train_first_model(args.export, images, paths.models)
         version = store.resolve(DEFAULT_LINEAGE)
@@ -325,8 +339,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{paths.models} already has model {version}, so --export {args.export} is not trained on. Delete "
               f"{paths.models} to train from it again.", flush=True)
 
-    # SIGTERM takes the same way out as Ctrl-C, so the children are stopped in both cases.
+    # SIGTERM takes the same way out as Ctrl-C, so the children are stopped in both cases. SIGINT
+    # gets the handler explicitly: a process started in the background of a non-interactive
+    # shell inherits it as ignored, and would otherwise never stop on SIGINT.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
     children: list[tuple[str, subprocess.Popen]] = []
     label_studio = None
     try:
@@ -344,6 +361,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         except LabelStudioError as error:
             raise CommandError(str(error)) from error
         children.append(("Label Studio", label_studio.process))
+        if state.label_studio_port != args.port:
+            state.label_studio_port = args.port
+            state.save(paths.state_file)
         instance = label_studio.with_pat(_ensure_pat(label_studio.instance, state, paths))
         client = create_sdk_client(instance)
         project_id, tasks = _ensure_project(client, state, paths, images)
@@ -419,17 +439,34 @@ def register(commands) -> None:
     sub.add_argument("--state-dir", type=Path, default=Path(os.environ.get(STATE_DIR_ENV_VAR) or DEFAULT_STATE_DIR),
                      metavar="DIR", help=f"directory for Label Studio's data, the login, the models and the logs "
                                          f"(default: {STATE_DIR_ENV_VAR} or .cache/demo)")
-    sub.add_argument("--port", type=int, default=DEFAULT_LABEL_STUDIO_PORT,
-                     help=f"Label Studio port on 127.0.0.1 (default: {DEFAULT_LABEL_STUDIO_PORT})")
+    sub.add_argument("--port", type=int,
+                     help=f"Label Studio port on 127.0.0.1 (default: the port of the state directory's first run, "
+                          f"else {DEFAULT_LABEL_STUDIO_PORT})")
     sub.add_argument("--backend-port", type=int, help="backend port on 127.0.0.1 (default: PORT or 9090)")
     sub.add_argument("--email", default=DEFAULT_EMAIL,
                      help=f"login of the Label Studio user created on the first run (default: {DEFAULT_EMAIL})")
     sub.set_defaults(handler=_handle)
 
 
+def _resolve_label_studio_port(args: argparse.Namespace) -> int:
+    """Return the Label Studio port: the one the state directory's tasks were created on, if any."""
+    saved = DemoState.load(DemoPaths(args.state_dir.expanduser().resolve()).state_file)
+    saved_port = saved.label_studio_port if saved is not None else None
+    if args.port is None:
+        return saved_port or DEFAULT_LABEL_STUDIO_PORT
+    if saved_port is not None and args.port != saved_port:
+        raise CommandError(
+            f"the tasks in {args.state_dir} were created with Label Studio on port {saved_port}, and their image "
+            f"URLs point there: run with --port {saved_port}, or pass another --state-dir (or delete "
+            f"{args.state_dir}) to start over on port {args.port}"
+        )
+    return args.port
+
+
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
     if args.backend_port is None:
         args.backend_port = settings.port
+    args.port = _resolve_label_studio_port(args)
     for option, port in (("--port", args.port), ("--backend-port", args.backend_port)):
         if not 1 <= port <= 65535:
             raise CommandError(f"invalid {option} {port}: expected a TCP port between 1 and 65535")
