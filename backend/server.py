@@ -45,6 +45,9 @@ class GunicornServer(BaseApplication):
             "loglevel": self.settings.log_level.lower(),
             # The app logs one line per request with its ids; gunicorn's access log would repeat it.
             "accesslog": None,
+            # gunicorn's control socket has one default path per user ($HOME/.gunicorn/gunicorn.ctl),
+            # which every backend on the machine would share; nothing here uses the socket.
+            "control_socket_disable": True,
         }
         for key, value in options.items():
             self.cfg.set(key, value)

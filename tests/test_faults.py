@@ -34,7 +34,7 @@ from model.store import DEFAULT_LINEAGE, ModelStore, StoreError
 from tests.http_fixtures import Route, RoutedServer
 from tests.servers import free_port, start_backend, start_worker
 from tests.support import THUMBNAIL_IMAGES, THUMBNAILS, labelled_thumbnails, write_json_min_export
-from training.dataset import ImageIndex, build_dataset
+from training.dataset import ImageIndex, build_dataset, is_validation
 from training.exports import read_export
 from training.jobs_report import recent_jobs
 from training.queue import JOB_FUNCTION, QUEUE_NAME, enqueue_training, running_key
@@ -447,6 +447,44 @@ def test_two_workers_train_one_at_a_time(queue_redis, seed_store, tmp_path):
     assert labelled[first_active] == 40
     job = Job.fetch(coalesced_id, connection=queue_redis)
     assert job._dependency_ids == [first_active]
+
+
+def test_too_few_validation_tasks_skips_job(queue_redis, seed_store, tmp_path):
+    """A project at MIN_LABELLED_TASKS whose split gives under 5 validation tasks: the job is skipped.
+
+    The validation split is chosen by a hash of the task id, so 20 labelled tasks (ids 1 to
+    20) put only 2 in validation. Nothing is lost and nothing is published: the user gets a
+    skipped job whose reason gives the number of examples in each split and asks for more
+    labelled tasks, not a failed job with a traceback.
+    """
+    from training.trainer import MIN_VALIDATION
+
+    task_ids = range(1, 21)
+    assert sum(is_validation(task_id) for task_id in task_ids) < MIN_VALIDATION
+
+    store = _copy_store(seed_store, tmp_path / "models")
+    before = _store_listing(store)
+    document_root = tmp_path / "files"
+    document_root.mkdir()
+    label_studio = FakeLabelStudio(_api_tasks(document_root, 0, len(task_ids)))
+    env = {"REDIS_URL": FAULTS_REDIS_URL, "MODEL_DIR": str(store.root), "LABEL_STUDIO_URL": label_studio.url,
+           "LABEL_STUDIO_API_KEY": "legacy-token-for-fault-tests", "LOCAL_FILES_DOCUMENT_ROOT": str(document_root),
+           "IMAGE_CACHE_DIR": str(tmp_path / "cache"), "MIN_LABELLED_TASKS": "20", "LOG_LEVEL": "INFO"}
+    job = enqueue_training(queue_redis, 1, "ANNOTATION_CREATED", job_timeout=600)
+    worker = start_worker(env, tmp_path / "worker.log", "--burst")
+    try:
+        worker.process.wait(timeout=JOB_WAIT_S)
+    finally:
+        worker.stop()
+        label_studio.close()
+
+    result = _wait_for_jobs_to_end(queue_redis, [job.job_id], timeout=10)[job.job_id]
+    assert result["status"] == "finished", result
+    assert result["result"]["status"] == "skipped", result
+    assert "too few usable examples" in result["result"]["reason"]
+    assert "label more tasks" in result["result"]["reason"]
+    assert "Traceback" not in worker.log()
+    assert _store_listing(store) == before
 
 
 # -- 4. Redis stops and comes back --------------------------------------------------------

@@ -99,7 +99,10 @@ COMMAND_TESTS: dict[str, tuple[str, ...]] = {
     "thumbnail-ml serve": (DEPLOY + "test_healthcheck_passes_with_credentials", MAKE_RUN),
     "thumbnail-ml worker": ("tests/test_faults.py::test_two_workers_train_one_at_a_time", MAKE_RUN),
     "thumbnail-ml COMMAND --help": (HERE + "test_command_help",),
-    "thumbnail-ml demo --help": (HERE + "test_command_help",),
+    # The e2e test runs `thumbnail-ml demo --images DIR --port P --backend-port Q` with its own ports.
+    "thumbnail-ml demo": ("tests/e2e/test_demo_e2e.py::test_demo_starts_connects_and_stops", PARSE_CHECK),
+    # `make run` runs `thumbnail-ml run`; the test signals it through make's process group.
+    "thumbnail-ml run": (MAKE_RUN,),
     # No Docker engine runs here (only the client is installed): tests/test_deploy.py parses
     # docker-compose.yml and the Dockerfile and checks what each command relies on.
     "docker compose up -d --build": (DEPLOY + "test_compose_builds_matching_target",

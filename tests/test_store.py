@@ -230,3 +230,15 @@ def test_models_cli_list_show_rollback(tmp_path):
     missing = cli("models", "rollback", "default-v9-0123abcd")
     assert missing.returncode == 1
     assert "not found" in missing.stderr
+
+
+def test_missing_model_names_project_lineages(tmp_path):
+    """Asking for the default lineage of a store that only has a project's model names that project."""
+    store = ModelStore(tmp_path)
+    _publish(store, lineage="project-3")
+    result = subprocess.run([sys.executable, "-m", "thumbnail_ml", "report"], cwd=REPO_ROOT, capture_output=True,
+                            text=True, env={**os.environ, "MODEL_DIR": str(tmp_path)})
+    assert result.returncode != 0
+    assert "no model is trained yet" in result.stderr
+    assert "project-3" in result.stderr
+    assert "--project 3" in result.stderr

@@ -28,6 +28,19 @@ def _lineage(args) -> str:
     return lineage_for_project(getattr(args, "project", None))
 
 
+def no_model_error(store: ModelStore, lineage: str) -> CommandError:
+    """Describe a lineage without a model, naming the other lineages of the store that have one."""
+    others = [name for name in sorted(store.lineages()) if name != lineage and store.current_version(name)]
+    if others:
+        options = ", ".join(f"--project {name.removeprefix('project-')}" if name.startswith("project-") else name
+                            for name in others)
+        hint = f"; this store has models in {', '.join(others)}: pass {options}"
+    else:
+        hint = (": train one with 'thumbnail-ml train --export FILE --images DIR', or set MODEL_DIR to a store "
+                "that has one")
+    return CommandError(f"no model is trained yet in {store.root} (lineage {lineage}){hint}")
+
+
 def _resolve_version(store: ModelStore, args) -> str:
     if getattr(args, "model_version", None):
         store.manifest(args.model_version)
@@ -35,10 +48,7 @@ def _resolve_version(store: ModelStore, args) -> str:
     lineage = _lineage(args)
     version = store.resolve(lineage)
     if version is None:
-        raise CommandError(
-            f"no model is trained yet in {store.root} (lineage {lineage}): train one with "
-            "'thumbnail-ml train --export FILE --images DIR', or set MODEL_DIR to a store that has one"
-        )
+        raise no_model_error(store, lineage)
     return version
 
 

@@ -90,7 +90,7 @@ def train_project(project_id: int) -> dict:
 def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
     from model.network import DEFAULT_ARCHITECTURE
     from training.dataset import build_dataset_from_downloads
-    from training.trainer import TrainingOptions, train_version
+    from training.trainer import TrainingError, TrainingOptions, train_version
 
     started = time.monotonic()
     report({"stage": "pulling"})
@@ -133,11 +133,21 @@ def _train(settings: Settings, project_id: int, job_id: str, report) -> dict:
         logger.warning("job %s: dropped tasks: %s; examples %s", job_id, dict(dataset.dropped), dataset.examples)
 
     options = TrainingOptions(architecture=architecture, epochs=settings.train_epochs)
-    outcome = train_version(
-        dataset, store, lineage, settings.exclusive_choice, options, parent=parent,
-        source={"project": project_id, "job": job_id, "labelled_tasks": len(tasks)},
-        progress=report, compare_with_parent=own_current is not None,
-    )
+    try:
+        outcome = train_version(
+            dataset, store, lineage, settings.exclusive_choice, options, parent=parent,
+            source={"project": project_id, "job": job_id, "labelled_tasks": len(tasks)},
+            progress=report, compare_with_parent=own_current is not None,
+        )
+    except TrainingError as error:
+        # The validation split is chosen by task id, so a project just past MIN_LABELLED_TASKS
+        # can still have too few validation examples: that waits for more labels, like a
+        # project below the minimum, and is not a failure.
+        result = {"status": "skipped", "project": project_id, "labelled": len(tasks),
+                  "reason": f"{error}; label more tasks"}
+        logger.info("job %s: skipped: %s", job_id, result["reason"])
+        report({"stage": "skipped", "labelled": len(tasks)})
+        return result
     result = {
         "status": "published" if outcome.published else "not published",
         "project": project_id,

@@ -140,9 +140,9 @@ def demo_env(tmp_path) -> dict[str, str]:
     return env
 
 
-def _demo_command(images: Path, state: Path, label_studio_port: int) -> list[str]:
+def _demo_command(images: Path, state: Path, label_studio_port: int, backend_port: int) -> list[str]:
     return [sys.executable, "-m", "thumbnail_ml", "demo", "--images", str(images), "--state-dir", str(state),
-            "--port", str(label_studio_port), "--backend-port", str(free_port())]
+            "--port", str(label_studio_port), "--backend-port", str(backend_port)]
 
 
 def test_demo_starts_connects_and_stops(tmp_path, demo_env):
@@ -153,12 +153,14 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
         shutil.copy(path, images / path.name)
     state = tmp_path / "state"
 
-    # Both runs use one Label Studio port, because the tasks store absolute image URLs on it.
-    # Each run gets a new backend port, which the demo reconnects.
+    # All runs use one Label Studio port, because the tasks store absolute image URLs on it. The
+    # second run keeps the backend port, so the demo updates the connected backend; the third
+    # moves it, so the demo replaces the backend and its webhook.
     label_studio_port = free_port()
+    first_backend_port = free_port()
     project_ids = []
-    for run_number in (1, 2):
-        command = _demo_command(images, state, label_studio_port)
+    for run_number, backend_port in enumerate((first_backend_port, first_backend_port, free_port()), start=1):
+        command = _demo_command(images, state, label_studio_port, backend_port)
         demo = DemoRun(command, demo_env)
         started: dict[int, tuple[int, str]] = {}
         try:
@@ -174,6 +176,7 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
             saved = json.loads((state / "demo.json").read_text())
             assert (saved["email"], saved["password"]) == (email, password)
             assert (state / "demo.json").stat().st_mode & 0o077 == 0
+            assert saved["secret_key"]
 
             client = LabelStudio(base_url=base_url, api_key=saved["pat"])
             tasks = list(client.tasks.list(project=project_id, fields="all"))
@@ -208,9 +211,9 @@ def test_demo_starts_connects_and_stops(tmp_path, demo_env):
         assert left_over == []
         assert "stopped Label Studio" in demo.output()
 
-    assert project_ids[0] == project_ids[1]
+    assert len(set(project_ids)) == 1
 
-    other_port = _demo_command(images, state, free_port())
+    other_port = _demo_command(images, state, free_port(), free_port())
     rejected = subprocess.run(other_port, cwd=REPO_ROOT, env=demo_env, capture_output=True, text=True, timeout=120)
     assert rejected.returncode != 0
     assert f"--port {label_studio_port}" in rejected.stdout + rejected.stderr

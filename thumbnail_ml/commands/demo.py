@@ -62,6 +62,10 @@ class DemoState:
     # Label Studio stores the tasks of a local-files storage with absolute image URLs on the
     # port of the run that created them, so later runs must use the same port.
     label_studio_port: int | None = None
+    # Label Studio signs its tokens with SECRET_KEY. Left to itself, it writes a random key to
+    # DATA_DIR/.env, and a key that starts with "$" is read back as a variable reference, so
+    # the next start makes a new key and rejects the saved token. The demo passes its own.
+    secret_key: str | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -73,7 +77,7 @@ class DemoState:
             raise CommandError(f"cannot read the demo login from {path} ({error}): delete its directory to start over")
         return cls(email=data["email"], password=data["password"], legacy_token=data["legacy_token"],
                    pat=data.get("pat"), projects={key: int(value) for key, value in data.get("projects", {}).items()},
-                   label_studio_port=data.get("label_studio_port"))
+                   label_studio_port=data.get("label_studio_port"), secret_key=data.get("secret_key"))
 
     def save(self, path: Path) -> None:
         """Write the state with owner-only permissions, replacing the file only once it is complete."""
@@ -81,7 +85,8 @@ class DemoState:
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump({"email": self.email, "password": self.password, "legacy_token": self.legacy_token,
-                       "pat": self.pat, "projects": self.projects, "label_studio_port": self.label_studio_port},
+                       "pat": self.pat, "projects": self.projects, "label_studio_port": self.label_studio_port,
+                       "secret_key": self.secret_key},
                       handle, indent=2)
         os.replace(temporary, path)
 
@@ -147,7 +152,8 @@ def _load_or_create_state(paths: DemoPaths, email: str) -> DemoState:
             f"{paths.state_file} is missing, so the login of the Label Studio data in {paths.label_studio_data} "
             f"is unknown: delete {paths.root} to start over, or pass another --state-dir"
         )
-    state = DemoState(email=email, password=secrets.token_urlsafe(12), legacy_token=secrets.token_hex(20))
+    state = DemoState(email=email, password=secrets.token_urlsafe(12), legacy_token=secrets.token_hex(20),
+                      secret_key=secrets.token_urlsafe(50))
     state.save(paths.state_file)
     return state
 
@@ -240,8 +246,9 @@ def _connect_backend(client, project_id: int, backend_url: str) -> None:
     """
     webhook_url = f"{backend_url}/webhook"
     for backend in client.ml.list(project=project_id):
-        if backend.url.rstrip("/") == backend_url and backend.title == ML_BACKEND_TITLE:
-            client.ml.update(id=backend.id, is_interactive=True)
+        # Label Studio 1.23.2 responds with HTTP 500 to partial updates of an ML backend, so a backend that
+        # differs in anything is replaced, not updated.
+        if backend.url.rstrip("/") == backend_url and backend.title == ML_BACKEND_TITLE and backend.is_interactive:
             logger.info("ML backend %s is already connected to project %s", backend_url, project_id)
             return
         logger.info("removing ML backend %s (%s) from project %s", backend.id, backend.url, project_id)
@@ -298,7 +305,8 @@ def _print_summary(*, url: str, state: DemoState, project_id: int, tasks: int, i
         model = f"{version}; a new version is trained after annotations are submitted"
     else:
         model = (f"none trained yet. Predictions appear after the first training, which starts once "
-                 f"{settings.min_labelled_tasks} tasks are labelled (MIN_LABELLED_TASKS)")
+                 f"{settings.min_labelled_tasks} tasks are labelled (MIN_LABELLED_TASKS) and 5 of them fall in "
+                 "the validation split: often 25 to 30")
     print(
         f"\nLabel Studio is running at {url}/projects/{project_id}/data\n"
         f"  login:      {state.email}\n"
@@ -307,6 +315,8 @@ def _print_summary(*, url: str, state: DemoState, project_id: int, tasks: int, i
         f"  ML backend: {backend_url} (interactive pre-annotation on; submitted annotations queue training)\n"
         f"  model:      {model}\n"
         f"  state:      {paths.root} (logs in {paths.logs}; delete the directory to start over)\n"
+        f"  CLI:        export LABEL_STUDIO_URL={url} MODEL_DIR={paths.models} REDIS_URL={settings.redis_url}\n"
+        f"              and LABEL_STUDIO_API_KEY set to the \"pat\" value in {paths.state_file}\n"
         "Press Ctrl-C to stop Label Studio, the backend and the worker.\n",
         flush=True,
     )
@@ -333,7 +343,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         version = store.resolve(DEFAULT_LINEAGE)
     elif version is None:
         print(f"No model is trained yet in {paths.models}: predictions appear after the first training, once "
-              f"{settings.min_labelled_tasks} tasks are labelled. To start with a model, pass a Label Studio "
+              f"{settings.min_labelled_tasks} to about 30 tasks are labelled. To start with a model, pass a Label Studio "
               "export of these images (make demo EXPORT=FILE, or --export FILE).", flush=True)
     elif args.export is not None:
         print(f"{paths.models} already has model {version}, so --export {args.export} is not trained on. Delete "
@@ -357,6 +367,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
             label_studio = start_label_studio(
                 executable, data_dir=paths.label_studio_data, document_root=images.parent, email=state.email,
                 password=state.password, legacy_token=state.legacy_token, port=args.port,
+                extra_env={"SECRET_KEY": state.secret_key} if state.secret_key else None,
             )
         except LabelStudioError as error:
             raise CommandError(str(error)) from error

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from model.store import ModelStore, lineage_for_project
-from thumbnail_ml.cli import CommandError
+from thumbnail_ml.cli import CommandError, no_model_error
 from thumbnail_ml.files import atomic_file
 from thumbnail_ml.settings import Settings
 
@@ -34,10 +34,7 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> int:
         lineage = lineage_for_project(args.project)
         version = store.resolve(lineage)
         if version is None:
-            raise CommandError(
-                f"no model is trained yet in {store.root} (lineage {lineage}): train one with "
-                "'thumbnail-ml train --export FILE --images DIR', or set MODEL_DIR to a store that has one"
-            )
+            raise no_model_error(store, lineage)
     print(format_text(load_report(store, version)))
     if args.html is not None:
         if args.html.is_dir():
