@@ -223,7 +223,14 @@ def create_app(settings: Settings, store: ModelStore | None = None, fetcher: Ima
             return _json_error(400, str(error))
 
         predictor = backend.models.predictor_for(lineage)
-        version = predictor.version if predictor else NO_MODEL_VERSION
+        if predictor is None:
+            # Label Studio stores every result it gets, empty ones too, and keeps them after the
+            # first model arrives. With no model there is nothing to store, so no results.
+            backend.metrics.prediction_errors.labels("no_model").inc(len(tasks))
+            logger.info("predict project %s: %d tasks, no model is trained yet for lineage %s",
+                        project, len(tasks), lineage)
+            return jsonify({"results": [], "model_version": NO_MODEL_VERSION})
+        version = predictor.version
         results, failures = _predict_tasks(backend, predictor, config, lineage, tasks, version)
         backend.metrics.predicted_tasks.inc(len(tasks) - len(failures))
         for reason in failures.values():
@@ -321,11 +328,6 @@ def _predict_tasks(backend: Backend, predictor, config: LabelConfig, lineage: st
         results[index] = empty_result(version)
         logger.warning("task %s: no prediction (%s): %s", task_id, reason, message)
 
-    if predictor is None:
-        for index, task in enumerate(tasks):
-            task_id = task.get("id") if isinstance(task, dict) else None
-            fail(index, task_id, "no_model", "no model is trained yet")
-        return results, failures
 
     allowed = set(config.choices) & set(predictor.classes)
     backend.warn_dropped_once(lineage, tuple(name for name in predictor.classes if name not in config.choices))

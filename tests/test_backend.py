@@ -166,10 +166,12 @@ def test_predict_malformed_requests(client, body, message):
     assert "Traceback" not in response.get_data(as_text=True)
 
 
-def test_predict_without_model_answers_every_task(tmp_path, label_studio_files):
+def test_predict_without_model_returns_no_results(tmp_path, label_studio_files):
+    """Without a model, /predict returns no results, so Label Studio stores no empty predictions."""
     app = create_app(_settings(tmp_path, ModelStore(tmp_path / "empty"), label_studio_url=label_studio_files.url))
-    results = _predict(app.test_client(), [_task(1, "/data/upload/1/ab12cd34-good.jpg"), _task(2, "x")]).get_json()
-    assert results["results"] == [{"result": [], "model_version": "no-model"}] * 2
+    response = _predict(app.test_client(), [_task(1, "/data/upload/1/ab12cd34-good.jpg"), _task(2, "x")])
+    assert response.status_code == 200
+    assert response.get_json() == {"results": [], "model_version": "no-model"}
 
 
 def test_new_version_served_without_restart(client, store, trained_model):
