@@ -524,3 +524,16 @@ def test_command_enqueue_prints_job_id(redis, trained_model):
     assert result.returncode == 0, result.stderr
     job_id = result.stdout.strip()
     assert Job.fetch(job_id, connection=redis).args == (7, None, True, None)
+
+
+def test_next_table_shows_small_scores():
+    """Scores below 0.001 keep their digits, so the order of the listed tasks stays visible."""
+    from thumbnail_ml.commands.preannotate import format_uncertain_rows
+    from training.preannotate import UncertainTask
+
+    rows = format_uncertain_rows([UncertainTask(4, 4.9e-05, "http://ls/projects/1/data?task=4"),
+                                  UncertainTask(9, 0.00099, None), UncertainTask(12, None, None)])
+    assert rows[0].split() == ["task", "score", "link"]
+    assert rows[1].split() == ["4", "4.9e-05", "http://ls/projects/1/data?task=4"]
+    assert rows[2].split() == ["9", "0.00099", "-"]
+    assert rows[3].split() == ["12", "-", "-"]

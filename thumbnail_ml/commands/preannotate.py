@@ -236,6 +236,17 @@ def _format_seconds(seconds: float) -> str:
 # -- next -----------------------------------------------------------------------------------
 
 
+def format_uncertain_rows(tasks) -> list[str]:
+    """Return the table that ``next`` prints: a header, then task id, score and link per task."""
+    rows = [f"{'task':>10}  {'score':>9}  link"]
+    for task in tasks:
+        # Three significant digits: scores near the decision thresholds are often below 0.001,
+        # and a fixed number of decimals would print them all as zero.
+        score = f"{task.score:.3g}" if task.score is not None else "-"
+        rows.append(f"{task.task_id:>10}  {score:>9}  {task.link or '-'}")
+    return rows
+
+
 def cmd_next(args, settings: Settings) -> int:
     from training.preannotate import PreannotateError, next_uncertain
 
@@ -248,10 +259,7 @@ def cmd_next(args, settings: Settings) -> int:
     if args.json:
         print(json.dumps(queue.to_dict(), indent=2))
         return 0
-    print(f"{'task':>10}  {'score':>8}  link")
-    for task in queue.tasks:
-        score = f"{task.score:.4f}" if task.score is not None else "-"
-        print(f"{task.task_id:>10}  {score:>8}  {task.link or '-'}")
+    print("\n".join(format_uncertain_rows(queue.tasks)))
     print(f"{len(queue.tasks)} of {queue.unlabelled} unlabelled tasks of project {queue.project} listed, by the "
           f"score of {queue.model_version}", file=sys.stderr)
     if queue.without_prediction:
