@@ -17,9 +17,11 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 # The main job: Redis (if nothing listens at REDIS_URL), the ML backend and a training worker,
-# stopped together on Ctrl-C. With IMAGES=DIR it predicts the images under DIR instead.
+# stopped together on Ctrl-C. With IMAGES=DIR it predicts the images under DIR instead, with the
+# model of PROJECT=N when given.
 run: $(STAMP)
-	@if [ -n "$(IMAGES)" ]; then $(BIN)/thumbnail-ml predict "$(IMAGES)"; else $(BIN)/thumbnail-ml run; fi
+	@if [ -n "$(IMAGES)" ]; then $(BIN)/thumbnail-ml predict "$(IMAGES)" $(if $(PROJECT),--project $(PROJECT)); \
+	else $(BIN)/thumbnail-ml run; fi
 
 train: $(STAMP)
 	@if [ -z "$(EXPORT)" ] || [ -z "$(IMAGES)" ]; then \

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -62,6 +63,8 @@ class DemoState:
     # Label Studio stores the tasks of a local-files storage with absolute image URLs on the
     # port of the run that created them, so later runs must use the same port.
     label_studio_port: int | None = None
+    # The backend port of the last run, reused when neither --backend-port nor PORT is given.
+    backend_port: int | None = None
     # Label Studio signs its tokens with SECRET_KEY. Left to itself, it writes a random key to
     # DATA_DIR/.env, and a key that starts with "$" is read back as a variable reference, so
     # the next start makes a new key and rejects the saved token. The demo passes its own.
@@ -77,7 +80,8 @@ class DemoState:
             raise CommandError(f"cannot read the demo login from {path} ({error}): delete its directory to start over")
         return cls(email=data["email"], password=data["password"], legacy_token=data["legacy_token"],
                    pat=data.get("pat"), projects={key: int(value) for key, value in data.get("projects", {}).items()},
-                   label_studio_port=data.get("label_studio_port"), secret_key=data.get("secret_key"))
+                   label_studio_port=data.get("label_studio_port"), secret_key=data.get("secret_key"),
+                   backend_port=data.get("backend_port"))
 
     def save(self, path: Path) -> None:
         """Write the state with owner-only permissions, replacing the file only once it is complete."""
@@ -86,7 +90,7 @@ class DemoState:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             json.dump({"email": self.email, "password": self.password, "legacy_token": self.legacy_token,
                        "pat": self.pat, "projects": self.projects, "label_studio_port": self.label_studio_port,
-                       "secret_key": self.secret_key},
+                       "secret_key": self.secret_key, "backend_port": self.backend_port},
                       handle, indent=2)
         os.replace(temporary, path)
 
@@ -314,9 +318,12 @@ def _print_summary(*, url: str, state: DemoState, project_id: int, tasks: int, i
         f"  project:    {tasks} tasks from {images}\n"
         f"  ML backend: {backend_url} (interactive pre-annotation on; submitted annotations queue training)\n"
         f"  model:      {model}\n"
-        f"  state:      {paths.root} (logs in {paths.logs}; delete the directory to start over)\n"
+        f"  state:      {paths.root} (delete the directory to start over)\n"
+        f"  logs:       {paths.logs} (backend, worker), {paths.label_studio_data / 'label-studio.log'}\n"
         f"  CLI:        export LABEL_STUDIO_URL={url} MODEL_DIR={paths.models} REDIS_URL={settings.redis_url}\n"
-        f"              and LABEL_STUDIO_API_KEY set to the \"pat\" value in {paths.state_file}\n"
+        # The command reads the token from the state file, so the token never appears on the screen.
+        f"              export LABEL_STUDIO_API_KEY=\"$(python3 -c 'import json,sys; "
+        f"print(json.load(open(sys.argv[1]))[\"pat\"])' {shlex.quote(str(paths.state_file))})\"\n"
         "Press Ctrl-C to stop Label Studio, the backend and the worker.\n",
         flush=True,
     )
@@ -407,6 +414,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         children.append(("worker", _start_service("worker", ["worker"], env, paths.logs / "worker.log")))
         _wait_for_backend(backend_url, backend, backend_log)
         _connect_backend(client, project_id, backend_url)
+        if state.backend_port != args.backend_port:
+            state.backend_port = args.backend_port
+            state.save(paths.state_file)
 
         _print_summary(url=instance.base_url, state=state, project_id=project_id, tasks=tasks, images=images,
                        backend_url=backend_url, version=version, settings=settings, paths=paths)
@@ -453,7 +463,8 @@ def register(commands) -> None:
     sub.add_argument("--port", type=int,
                      help=f"Label Studio port on 127.0.0.1 (default: the port of the state directory's first run, "
                           f"else {DEFAULT_LABEL_STUDIO_PORT})")
-    sub.add_argument("--backend-port", type=int, help="backend port on 127.0.0.1 (default: PORT or 9090)")
+    sub.add_argument("--backend-port", type=int,
+                     help="backend port on 127.0.0.1 (default: PORT, else the last run's port, else 9090)")
     sub.add_argument("--email", default=DEFAULT_EMAIL,
                      help=f"login of the Label Studio user created on the first run (default: {DEFAULT_EMAIL})")
     sub.set_defaults(handler=_handle)
@@ -476,7 +487,9 @@ def _resolve_label_studio_port(args: argparse.Namespace) -> int:
 
 def _handle(args: argparse.Namespace, settings: Settings) -> int:
     if args.backend_port is None:
-        args.backend_port = settings.port
+        saved = DemoState.load(DemoPaths(args.state_dir.expanduser().resolve()).state_file)
+        remembered = saved.backend_port if saved is not None and "PORT" not in os.environ else None
+        args.backend_port = remembered or settings.port
     args.port = _resolve_label_studio_port(args)
     for option, port in (("--port", args.port), ("--backend-port", args.backend_port)):
         if not 1 <= port <= 65535:
