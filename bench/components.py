@@ -1,4 +1,4 @@
-"""Where the time of one prediction goes: preprocessing steps and the network, per image.
+"""Per-image timings of one prediction's steps: preprocessing and the network.
 
 Times each step on the real 480x360 thumbnails, in one thread, in this one run. The steps
 are the JPEG decode at full and at DCT-reduced scale, letterbox detection, the resize, and

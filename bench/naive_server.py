@@ -2,7 +2,7 @@
 
 This is the server most tutorials build: Flask's own threaded server, the Keras model loaded
 once, and per request a full Pillow decode, a resize of the whole frame (bars included) and a
-call to ``model.predict``. It answers the same ``/predict`` body with the same result shape
+call to ``model.predict``. It accepts the same ``/predict`` body with the same result shape
 and reads the same model version from the store, so both servers do the same work for the
 client. It is a benchmark baseline only: no input checks, no crop, no tuned thresholds.
 

@@ -111,14 +111,7 @@ def run_load(url: str, make_payload: Callable[[int, int], dict], clients: int, d
                 recorder.post(session, url, make_payload(index, number), timeout_s)
                 number += 1
 
-    started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(index,), name=f"load-client-{index}") for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    recorder.result.duration_s = time.perf_counter() - started
-    return recorder.result
+    return _run_clients(recorder, client, clients, "load-client")
 
 
 def run_burst(url: str, payloads: list[dict], within_s: float, clients: int,
@@ -140,8 +133,13 @@ def run_burst(url: str, payloads: list[dict], within_s: float, clients: int,
                     time.sleep(delay)
                 recorder.post(session, url, payloads[number], timeout_s)
 
+    return _run_clients(recorder, client, clients, "burst-client")
+
+
+def _run_clients(recorder: _Recorder, client: Callable[[int], None], clients: int, name: str) -> LoadResult:
+    """Run ``client(index)`` in ``clients`` threads, wait for all, and return the timed result."""
     started = time.perf_counter()
-    threads = [threading.Thread(target=client, args=(index,), name=f"burst-client-{index}") for index in range(clients)]
+    threads = [threading.Thread(target=client, args=(index,), name=f"{name}-{index}") for index in range(clients)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -99,3 +99,20 @@ def start_worker(env: dict[str, str], log_path: Path, *args: str) -> BackendProc
     )
     handle.close()
     return BackendProcess(process, "", log_path)
+
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """Return pid -> (parent pid, session id, command line) of the running processes, zombies left out."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # The command name in field 2 may contain spaces, so the fields are split after its ")".
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), int(fields[3]), command)
+    return table

@@ -393,7 +393,7 @@ def test_two_workers_train_one_at_a_time(queue_redis, seed_store, tmp_path):
     adds, as if two events had raced. Both workers take one each at once, so only the
     project lock keeps them apart. While the first trains, ten tasks are added and 20 events
     arrive: they coalesce into one job that waits for the running one. Nothing is lost or
-    trained twice for the same events: every job finishes, the coalesced job sees the added
+    trained twice for the same events: every job finishes, the coalesced job trains on the added
     tasks, and the samples never show two jobs past the lock. The user sees three finished
     jobs in ``thumbnail-ml jobs``.
     """
@@ -454,7 +454,7 @@ def test_too_few_validation_tasks_skips_job(queue_redis, seed_store, tmp_path):
 
     The validation split is chosen by a hash of the task id, so 20 labelled tasks (ids 1 to
     20) put only 2 in validation. Nothing is lost and nothing is published: the user gets a
-    skipped job whose reason gives the number of examples in each split and asks for more
+    skipped job whose reason gives the number of examples in each split and requests more
     labelled tasks, not a failed job with a traceback.
     """
     from training.trainer import MIN_VALIDATION

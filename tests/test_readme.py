@@ -33,7 +33,7 @@ from packaging.requirements import Requirement
 from redis import Redis
 
 from model.store import DEFAULT_LINEAGE, ModelStore
-from tests.servers import free_port
+from tests.servers import free_port, process_table
 from tests.support import REPO_ROOT, THUMBNAIL_IMAGES, write_json_min_export
 from thumbnail_ml.cli import build_parser
 from training.queue import enqueue_training
@@ -360,31 +360,14 @@ def readme_redis():
     connection.close()
 
 
-def _process_table() -> dict[int, tuple[int, str]]:
-    """Return pid -> (parent pid, command line) of the running processes, zombies left out."""
-    table = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The command name in field 2 may contain spaces, so the fields are split after its ")".
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] != "Z":
-            table[int(entry.name)] = (int(fields[1]), command)
-    return table
-
-
 def descendants(root: int) -> dict[int, str]:
     """Return pid -> command line of every running process below ``root``."""
-    table = _process_table()
+    table = process_table()
     found: dict[int, str] = {}
     frontier = [root]
     while frontier:
         parent = frontier.pop()
-        for pid, (ppid, command) in table.items():
+        for pid, (ppid, _, command) in table.items():
             if ppid == parent and pid not in found:
                 found[pid] = command
                 frontier.append(pid)
@@ -393,8 +376,8 @@ def descendants(root: int) -> dict[int, str]:
 
 def still_running(processes: dict[int, str]) -> dict[int, str]:
     """Return the processes of ``processes`` that still run the same command."""
-    table = _process_table()
-    return {pid: command for pid, command in processes.items() if pid in table and table[pid][1] == command}
+    table = process_table()
+    return {pid: command for pid, command in processes.items() if pid in table and table[pid][2] == command}
 
 
 def port_is_free(port: int) -> bool:

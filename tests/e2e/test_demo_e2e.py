@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 from label_studio_sdk import LabelStudio
 
-from tests.servers import free_port
+from tests.servers import free_port, process_table
 from tests.support import REPO_ROOT, THUMBNAIL_IMAGES
 
 IMAGES = sorted((THUMBNAIL_IMAGES / "Cengineer00__thumbnail-scorer").glob("*.jpg"))[:5]
@@ -91,27 +91,9 @@ class DemoRun:
                 pass
 
 
-def _processes() -> dict[int, tuple[int, int, str]]:
-    """Return pid -> (parent pid, session id, command line) of the processes now running."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            # The command name in field 2 may contain spaces, so the fields are split after its ")".
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-        if fields[0] == "Z":
-            continue
-        found[int(entry.name)] = (int(fields[1]), int(fields[3]), command)
-    return found
-
-
 def _descendants(root: int) -> dict[int, tuple[int, str]]:
     """Return pid -> (session id, command line) of every process below ``root``."""
-    processes = _processes()
+    processes = process_table()
     below: dict[int, tuple[int, str]] = {}
     frontier = [root]
     while frontier:
@@ -126,7 +108,7 @@ def _descendants(root: int) -> dict[int, tuple[int, str]]:
 def _left_over(started: dict[int, tuple[int, str]]) -> list[str]:
     """Return the processes still running that were started by the demo or share a session with one."""
     sessions = {session for session, _ in started.values()}
-    return [f"{pid} {command}" for pid, (_, session, command) in _processes().items()
+    return [f"{pid} {command}" for pid, (_, session, command) in process_table().items()
             if pid in started or session in sessions]
 
 

@@ -237,7 +237,7 @@ def _wait_for_backend(url: str, process: subprocess.Popen, log_path: Path) -> No
         except requests.RequestException:
             pass
         time.sleep(0.25)
-    raise CommandError(f"the backend did not answer {url}/health within {BACKEND_STARTUP_TIMEOUT_S:.0f} s: "
+    raise CommandError(f"the backend did not respond to {url}/health within {BACKEND_STARTUP_TIMEOUT_S:.0f} s: "
                        f"see {log_path}")
 
 
